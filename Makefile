@@ -1,0 +1,33 @@
+# `make demo` and `make test` install what they need into .venv first (once; again only when
+# pyproject.toml changes), then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OUT ?= runs/demo
+
+.PHONY: install data demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[deploy,dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST comes from the Debian package (no download at run time).
+data: $(FMNIST)
+
+$(FMNIST):
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+demo: install data
+	$(PY) -m mobilenets demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q -n 2
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

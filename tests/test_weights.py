@@ -1,0 +1,134 @@
+"""Weights saved by torchvision and timm load into the matching models and give the same logits."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import mobilenets
+from mobilenets.weights import detect_format
+
+PEERS = {
+    "mobilenet_v1": lambda: timm.create_model("mobilenetv1_100", pretrained=False),
+    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(),
+    "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(),
+    "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
+}
+
+
+def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every BN non-trivial statistics and affine terms, so a misplaced tensor shows."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n) * 0.2)
+            m.running_var.copy_(torch.rand(n) + 0.5)
+            m.weight.data.copy_(torch.rand(n) + 0.5)
+            m.bias.data.copy_(torch.randn(n) * 0.2)
+            m.num_batches_tracked.fill_(7)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list(PEERS))
+def test_peer_weights_give_same_logits(name, tmp_path):
+    peer = randomize_batchnorm(PEERS[name]())
+    path = tmp_path / "peer.pth"
+    torch.save(peer.state_dict(), path)
+    ours = mobilenets.create_model(name, weights=path).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected, got = peer(x), ours(x)
+    assert expected.abs().max() > 1e-3  # the comparison is not between two zero tensors
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_v1_relu_variant_matches_timm_relu(tmp_path):
+    peer = randomize_batchnorm(timm.create_model("mobilenetv1_100", pretrained=False, act_layer="relu"))
+    torch.save(peer.state_dict(), tmp_path / "p.pth")
+    ours = mobilenets.create_model("mobilenet_v1", act="relu", weights=tmp_path / "p.pth").eval()
+    x = torch.randn(1, 3, 64, 64) * 4
+    with torch.no_grad():
+        assert (ours(x) - peer(x)).abs().max() < 1e-4
+
+
+def test_formats_are_detected():
+    assert detect_format(torchvision.models.mobilenet_v2().state_dict()) == "torchvision"
+    assert detect_format(timm.create_model("mobilenetv1_100").state_dict()) == "timm"
+    assert detect_format(mobilenets.create_model("mobilenet_v2").state_dict()) == "mobilenets"
+
+
+@pytest.mark.parametrize("name", mobilenets.list_models())
+def test_own_round_trip(name, tmp_path):
+    model = randomize_batchnorm(mobilenets.create_model(name, width_mult=0.5, num_classes=5))
+    mobilenets.save_weights(model, tmp_path / "w.pt")
+    again = mobilenets.create_model(name, width_mult=0.5, num_classes=5, weights=tmp_path / "w.pt").eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_plain_state_dict_loads(tmp_path):
+    model = mobilenets.create_model("mobilenet_v1", width_mult=0.25)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    mobilenets.create_model("mobilenet_v1", width_mult=0.25, weights=tmp_path / "sd.pt")
+
+
+def test_features_only_loads_classifier_weights(tmp_path):
+    peer = randomize_batchnorm(torchvision.models.mobilenet_v3_small())
+    torch.save(peer.state_dict(), tmp_path / "p.pth")
+    backbone = mobilenets.create_model("mobilenet_v3_small", weights=tmp_path / "p.pth", features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (backbone(x)[-1] - peer.features(x)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, message",
+    [
+        (lambda: torchvision.models.mobilenet_v2(), dict(name="mobilenet_v3_large"), r"torchvision checkpoint does not fit mobilenet_v3_large"),
+        (lambda: torchvision.models.mobilenet_v2(), dict(name="mobilenet_v2", num_classes=10), r"classifier.1.weight is \(1000, 1280\).*\(10, 1280\)"),
+        (lambda: torchvision.models.mobilenet_v2(width_mult=0.5), dict(name="mobilenet_v2"), r"features.0.0.weight is \(16, 3, 3, 3\).*\(32, 3, 3, 3\)"),
+        (lambda: timm.create_model("mobilenetv1_100"), dict(name="mobilenet_v1_shallow"), "timm checkpoint does not fit"),
+        (lambda: mobilenets.create_model("mobilenet_v1", width_mult=0.5), dict(name="mobilenet_v1"), r"stem.conv.weight is \(16, 3, 3, 3\) in the file, \(32, 3, 3, 3\)"),
+        (lambda: mobilenets.create_model("mobilenet_v1"), dict(name="mobilenet_v2"), r"it has no blocks.0.project.conv.weight"),
+    ],
+)
+def test_mismatched_checkpoint_names_first_mismatch(tmp_path, source, kwargs, message):
+    torch.save(source().state_dict(), tmp_path / "w.pt")
+    kwargs = dict(kwargs)
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=message):
+        mobilenets.create_model(name, weights=tmp_path / "w.pt", **kwargs)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_weights_file(tmp_path, content):
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "bad.pt")
+
+
+def test_truncated_weights_file(tmp_path):
+    model = mobilenets.create_model("mobilenet_v1", width_mult=0.25)
+    mobilenets.save_weights(model, tmp_path / "w.pt")
+    data = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "w.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        mobilenets.create_model("mobilenet_v1", width_mult=0.25, weights=tmp_path / "w.pt")
+
+
+def test_unrecognised_state_dict(tmp_path):
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="unrecognised weights"):
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "w.pt")
+
+
+def test_weights_only_refuses_pickled_objects(tmp_path):
+    torch.save({"model": object()}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "w.pt")
