@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-DEMO_OUT ?= runs/demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install data demo test bench clean
 
@@ -13,7 +13,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[deploy,dev]'
 	touch $(STAMP)
 
@@ -21,10 +20,10 @@ $(STAMP): pyproject.toml
 data: $(FMNIST)
 
 $(FMNIST):
-	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 demo: install data
-	$(PY) -m mobilenets demo --out $(DEMO_OUT)
+	PY=$(PY) scripts/demo.sh
 
 test: install
 	$(PY) -m pytest -q -n 2

@@ -154,3 +154,16 @@ def test_wrong_channel_count():
     model = mobilenets.create_model("mobilenet_v1", width_mult=0.25, in_chans=1).eval()
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         model(torch.randn(1, 3, 64, 64))
+
+
+def test_depthwise_convs_train_in_float32_under_cpu_autocast():
+    model = mobilenets.create_model("mobilenet_v1", width_mult=0.25)
+    block = model.blocks[1]
+    x = torch.randn(2, block.dw.conv.in_channels, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mid = block.dw(x)
+        out = block.pw(mid)
+    assert mid.dtype == torch.float32 and out.dtype == torch.bfloat16
+    assert block.dw(x).dtype == torch.float32  # no autocast: unchanged
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert block.dw(x).dtype == torch.bfloat16  # inference: no backward, bf16 throughout

@@ -13,6 +13,20 @@ EXAMPLES = {
     "cost": "mobilenets cost mobilenet_v1 --width-mult 0.5 --input-size 160\n  mobilenets cost --paper",
     "predict": "mobilenets predict --model mobilenet_v2 --weights mobilenet_v2.pth cat.jpg\n"
     "  mobilenets predict --checkpoint runs/fmnist/best.pt shirt.png",
+    "train": "mobilenets train --model mobilenet_v1 --data fashion-mnist --recipe fashion-mnist --out runs/fmnist\n"
+    "  mobilenets train --model mobilenet_v3_small --data ~/photos --val-split 0.1 --recipe torchvision-v3 "
+    "--epochs 30 --out runs/photos\n"
+    "  torchrun --standalone --nproc_per_node=2 -m mobilenets train --model mobilenet_v1 --data fashion-mnist "
+    "--recipe fashion-mnist --out runs/ddp",
+    "eval": "mobilenets eval --checkpoint runs/fmnist/best.pt --data fashion-mnist --json",
+    "export": "mobilenets export --checkpoint runs/fmnist/best.pt --format onnx --out fmnist.onnx\n"
+    "  mobilenets export --checkpoint runs/fmnist/best.pt --format openvino --out fmnist-int8.xml --int8 "
+    "--calib-data fashion-mnist\n"
+    "  mobilenets export --model mobilenet_v3_large --format exported-program --out v3.pt2",
+    "bench": "mobilenets bench --model mobilenet_v1 --threads 2\n"
+    "  mobilenets bench --model mobilenet_v2 --batch-size 32 --backends eager ort openvino --json\n"
+    "  mobilenets bench --compare-conv",
+    "sweep": "mobilenets sweep --backends eager openvino --out runs/sweep",
 }
 
 
@@ -72,7 +86,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="input side for --model (default 224)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("images", nargs="+", metavar="IMAGE")
+
+    p = _subparser(sub, "train", "train a model from scratch (or resume a run)")
+    _add_train_args(p)
+
+    p = _subparser(sub, "eval", "top-1, top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint (best.pt / last.pt) or a model from `mobilenets export`")
+    p.add_argument("--data", required=True, help="fashion-mnist or an image folder (its val/ part is used)")
+    p.add_argument("--val-split", type=float, default=None, help="for a folder without val/: held-out fraction")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = _subparser(sub, "export", "export for inference (ONNX, OpenVINO, TorchScript, torch.export), verified; "
+                   "optionally int8")
+    _add_model_args(p, name_positional=False)
+    p.add_argument("--checkpoint", help="training checkpoint (brings model, classes, preprocessing)")
+    p.add_argument("--weights", help="weights for --model (mobilenets, torchvision or timm)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs for --model (default 1000)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels for --model (default 3)")
+    p.add_argument("--format", required=True, help="onnx | openvino | torchscript | exported-program")
+    p.add_argument("--out", required=True, help="output file: .onnx, .xml (+ .bin), .ts or .pt2")
+    p.add_argument("--input-size", type=int, default=None, help="input side (default: the checkpoint's, else 224)")
+    p.add_argument("--int8", action="store_true", help="post-training static int8 quantization (onnx, openvino)")
+    p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
+    p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
+
+    from .bench import BACKENDS
+
+    p = _subparser(sub, "bench", "inference latency on every backend, against the reference implementation")
+    _add_model_args(p, name_positional=False)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="threads of every backend (default: all CPUs)")
+    p.add_argument("--backends", nargs="+", metavar="NAME", help=f"default: all of {', '.join(BACKENDS)}")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per backend (after warm-up)")
+    p.add_argument("--compare-conv", action="store_true",
+                   help="mobilenet_v1 vs mobilenet_v1_conv and VGG-16: measured vs mult-add speed-up")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = _subparser(sub, "sweep", "mobilenet_v1 at widths 1, .75, .5, .25 x inputs 224, 192, 160, 128: mult-adds, "
+                   "params, latency -> CSV and Pareto plot")
+    p.add_argument("--backends", nargs="+", metavar="NAME", help="default: eager ort openvino")
+    p.add_argument("--out", default="runs/sweep", help="folder for sweep.csv and sweep.png (default: runs/sweep)")
+    p.add_argument("--threads", type=int, default=None, help="threads of every backend (default: all CPUs)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per configuration")
     return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model name (see `mobilenets list`)")
+    p.add_argument("--data", required=True, help="fashion-mnist, or an image folder (train/ and val/, or --val-split)")
+    p.add_argument("--out", required=True, help="output folder for checkpoints, metrics and plots")
+    p.add_argument("--recipe", default="paper", help="paper | torchvision-v2 | torchvision-v3 | fashion-mnist")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--val-split", type=float, default=None, help="hold out this fraction of the training images")
+    p.add_argument("--in-chans", type=int, default=None, help="1 or 3 (default: follows the data)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0)")
+    p.add_argument("--subset", type=int, default=None, help="train on the first N images only (quick runs)")
+    g = p.add_argument_group("recipe overrides (default: the recipe's value)")
+    g.add_argument("--width-mult", type=_number, default=None, help="width multiplier alpha")
+    g.add_argument("--input-size", type=int, default=None, help="input side in pixels (rho = size / 224)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="images per process and step")
+    g.add_argument("--lr", type=float, default=None, help="learning rate at the recipe's reference batch")
+    g.add_argument("--label-smoothing", type=float, default=None)
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA of weights (0 turns it off)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 / fp16 autocast")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -121,6 +209,130 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"  {prob:7.2%}  {name}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .run_config import make_config
+    from .train import train
+
+    if args.input_size is not None:
+        _check_input_size(args.input_size)
+    for name in ("epochs", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    overrides = {
+        k: getattr(args, k)
+        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "width_mult", "input_size",
+                  "epochs", "batch_size", "lr", "label_smoothing", "ema_decay", "amp", "channels_last", "compile")
+    }
+    cfg = make_config(args.model, args.data, args.out, args.recipe, resume=args.resume, **overrides)
+    summary = train(cfg, resume=args.resume)
+    if summary.get("stopped"):
+        raise SystemExit(130)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .data import load_data
+    from .evaluate import evaluate
+    from .export import exported_format, load_exported_model
+    from .plots import plot_confusion
+    from .predict import load_model
+
+    # a file from `mobilenets export` (fp32 or int8) runs in its own runtime, on the CPU
+    loaded = load_exported_model(args.checkpoint) if exported_format(args.checkpoint) else load_model(args.checkpoint)
+    device = _device(args.device)
+    model = loaded.model.to(device)
+    pre = loaded.preprocess
+    bundle = load_data(args.data, input_size=pre.size, val_split=args.val_split, in_chans=pre.channels)
+    if bundle.class_names != loaded.class_names:
+        raise CliError(f"{args.checkpoint} was trained on classes {loaded.class_names}, "
+                       f"{args.data} has {bundle.class_names}")
+    if not bundle.in_memory:
+        bundle.val.transform = pre.image_transform()
+    from torch.utils.data import DataLoader
+
+    from .data import collate_skipping_none
+    from .distributed import Dist
+
+    loader = DataLoader(bundle.val, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=collate_skipping_none)
+    result = evaluate(model, loader, pre.batch_transform().to(device), len(loaded.class_names), Dist(device=device))
+    png = Path(args.confusion) if args.confusion else Path(args.checkpoint).with_name("confusion.png")
+    plot_confusion(result.confusion, loaded.class_names, png, title=f"{args.checkpoint} on {args.data}")
+    if args.json:
+        print(json.dumps({**result.to_dict(loaded.class_names), "confusion_png": str(png)}, indent=2))
+    else:
+        print(result.format(loaded.class_names))
+        print(f"confusion matrix: {png}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import check_export, describe, export_model, load_source
+
+    if bool(args.checkpoint) == bool(args.model):
+        raise CliError("export needs either --checkpoint PATH or --model NAME")
+    if args.checkpoint and (args.weights or args.num_classes or args.in_chans):
+        raise CliError("--weights, --num-classes and --in-chans go with --model; a checkpoint brings its own")
+    if args.int8 != bool(args.calib_data):
+        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and only --int8 uses it")
+    if args.input_size is not None:
+        _check_input_size(args.input_size)
+    check_export(args.out, args.format, args.int8)  # fail before any slow work
+    loaded = load_source(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,
+                         num_classes=args.num_classes, in_chans=args.in_chans, input_size=args.input_size)
+    calibration = None
+    if args.int8:
+        from .quantize import calibration_batches
+
+        calibration = calibration_batches(args.calib_data, loaded.preprocess, args.calib_size)
+    result = export_model(loaded.model, args.out, args.format, preprocess=loaded.preprocess,
+                          class_names=loaded.class_names, calibration=calibration)
+    print(describe(result))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import Config, run_bench, run_compare_conv
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.compare_conv:
+        result = run_compare_conv(width_mult=args.width_mult, input_size=args.input_size, batch_size=args.batch_size,
+                                  backends=args.backends, threads=args.threads, repeats=args.repeats,
+                                  progress=progress)
+    else:
+        if not args.model:
+            raise CliError("bench needs --model NAME (or --compare-conv)")
+        config = Config(args.model, args.width_mult, args.input_size, args.batch_size)
+        result = run_bench(config, args.backends, threads=args.threads, repeats=args.repeats, progress=progress)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .bench import check_backends, format_sweep, run_sweep, write_sweep
+
+    check_backends(args.backends)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder")
+    rows = run_sweep(args.backends, threads=args.threads, repeats=args.repeats, batch_size=args.batch_size,
+                     progress=lambda message: print(message, file=sys.stderr, flush=True))
+    csv_path, png_path = write_sweep(rows, out)
+    print(format_sweep(rows))
+    print(f"wrote {csv_path} and {png_path}")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
 def _check_input_size(size: int) -> None:
     from .model import MIN_INPUT_SIZE
 
@@ -132,6 +344,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "list": cmd_list,
     "cost": cmd_cost,
     "predict": cmd_predict,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "export": cmd_export,
+    "bench": cmd_bench,
+    "sweep": cmd_sweep,
 }
 
 

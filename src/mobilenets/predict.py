@@ -61,9 +61,7 @@ def load_model(
     if ckpt.get("preprocess"):
         preprocess = Preprocess.from_dict(ckpt["preprocess"])
     else:
-        preprocess = Preprocess.imagenet(input_size or 224)
-        if args.in_chans != preprocess.channels:
-            preprocess = Preprocess(preprocess.crop, preprocess.resize, (0.5,) * args.in_chans, (0.5,) * args.in_chans)
+        preprocess = Preprocess.imagenet(input_size or 224, args.in_chans)
     if ckpt.get("class_names"):
         names = list(ckpt["class_names"])
     elif args.num_classes == 1000:
@@ -76,8 +74,7 @@ def load_model(
 @torch.no_grad()
 def predict(loaded: LoadedModel, paths: Sequence[str | os.PathLike], top_k: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) for each image file."""
-    batch = torch.stack([loaded.preprocess.load(p) for p in paths])
-    probs = loaded.model(batch).softmax(dim=1)
+    probs = loaded.model(loaded.preprocess.load_batch(paths)).softmax(dim=1)
     values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [
         [(loaded.class_names[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist())]

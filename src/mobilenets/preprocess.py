@@ -1,21 +1,47 @@
-"""How an image becomes a model input; stored in checkpoints so predict matches training."""
+"""How an image becomes model input; stored in checkpoints so predict and export match training.
+
+Two stages, shared by training, evaluation and prediction: per image, uint8 resize and centre
+crop (``Preprocess.image_transform``); per batch, float conversion, normalisation and an optional
+resize to the model's input size (``BatchPreprocess``).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = (0.449,), (0.226,)  # ImageNet's, averaged over the channels
+
+
+class BatchPreprocess(torch.nn.Module):
+    """uint8 batch (N, C, h, w) -> normalised float batch at ``input_size``, channels-last if asked."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], input_size: int, channels_last: bool = False):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("inv_std", 1 / (torch.tensor(std).view(1, -1, 1, 1) * 255), persistent=False)
+        self.input_size = input_size
+        self.channels_last = channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x.float() - self.mean) * self.inv_std
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = torch.nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to ``resize``, centre-crop (or zero-pad) to ``crop``, normalise.
+    """Resize the shorter side to ``resize``, centre-crop (or zero-pad) to ``crop``, normalise, and
+    resize to ``input_size`` when that differs from ``crop`` (small images upscaled, rho > crop/224).
 
     The default is the ImageNet evaluation transform of torchvision and timm (256 -> 224).
     """
@@ -24,35 +50,44 @@ class Preprocess:
     resize: int = 256
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    input_size: int | None = None
 
     @property
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def size(self) -> int:
+        """The side of the model input."""
+        return self.input_size or self.crop
+
     @classmethod
-    def imagenet(cls, input_size: int = 224) -> Preprocess:
-        return cls(crop=input_size, resize=round(input_size / 0.875))
+    def imagenet(cls, input_size: int = 224, channels: int = 3) -> Preprocess:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GREY_MEAN * channels, GREY_STD * channels)
+        return cls(crop=input_size, resize=round(input_size / 0.875), mean=mean, std=std)
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        return cls(crop=d["crop"], resize=d["resize"], mean=tuple(d["mean"]), std=tuple(d["std"]))
+        return cls(d["crop"], d["resize"], tuple(d["mean"]), tuple(d["std"]), d.get("input_size"))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def transform(self) -> v2.Compose:
-        """PIL image -> normalised float tensor of shape (channels, crop, crop)."""
-        return v2.Compose([
-            v2.PILToTensor(),
-            v2.Resize(self.resize, antialias=True),
-            v2.CenterCrop(self.crop),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
-        ])
+    def image_transform(self) -> v2.Compose:
+        """uint8 image tensor -> uint8 tensor of shape (channels, crop, crop)."""
+        return v2.Compose([v2.Resize(self.resize, antialias=True), v2.CenterCrop(self.crop)])
 
-    def load(self, path: str | os.PathLike) -> torch.Tensor:
-        """Read one image file (any mode) into a model-ready tensor, with a one-line error if unreadable."""
-        return self.transform()(open_image(path, grey=self.channels == 1))
+    def batch_transform(self, channels_last: bool = False) -> BatchPreprocess:
+        return BatchPreprocess(self.mean, self.std, self.size, channels_last)
+
+    def load(self, path: str | os.PathLike) -> Tensor:
+        """Read one image file (any mode) as a uint8 tensor ready for ``batch_transform``."""
+        img = open_image(path, grey=self.channels == 1)
+        return self.image_transform()(v2.functional.pil_to_tensor(img))
+
+    def load_batch(self, paths: Sequence[str | os.PathLike]) -> Tensor:
+        """Image files -> one float model-input batch."""
+        return self.batch_transform()(torch.stack([self.load(p) for p in paths]))
 
 
 def open_image(path: str | os.PathLike, grey: bool = False) -> Image.Image:

@@ -1,0 +1,316 @@
+"""Datasets for training and evaluation: Fashion-MNIST from its IDX files, or an image folder.
+
+Images stay uint8 until a batch is formed; ``preprocess.BatchPreprocess`` then turns a batch into
+model input (float, normalised, resized to the input size) in one vectorised step, for training,
+evaluation and prediction alike.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset, Subset, TensorDataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.transforms import v2
+
+from .preprocess import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, open_image
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # over the 60,000 training images
+
+
+@dataclass
+class DataBundle:
+    """Train and validation sets with what a model and its checkpoint need to know about them."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_memory: bool  # uint8 tensors at native size (augmented per batch) rather than files
+    native_size: int | None = None  # side of every image when in memory
+
+    def preprocess(self, input_size: int) -> Preprocess:
+        """How a single image file is read to match this data (used by predict and export)."""
+        if self.native_size:
+            return Preprocess(self.native_size, self.native_size, self.mean, self.std, input_size)
+        return Preprocess(input_size, round(input_size / 0.875), self.mean, self.std)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (gzipped) IDX file of unsigned bytes, checking its header against its size."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
+            "(or set FASHION_MNIST_DIR)"
+        )
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path} is corrupt: {e}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated or corrupt: header says {dims}, file has {len(raw) - offset} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def load_fashion_mnist(split: str, root: Path | None = None) -> TensorDataset:
+    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000) as uint8 images (N, 1, 28, 28) and labels.
+
+    The files are read from ``root``, else ``$FASHION_MNIST_DIR``, else the Debian package's folder.
+    """
+    root = Path(root or os.environ.get("FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    if len(images) != len(labels):
+        raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels")
+    return TensorDataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+class ImageFiles(Dataset):
+    """Image files with labels; unreadable files are reported by name and skipped, not fatal.
+
+    ``__getitem__`` returns ``None`` for a file that cannot be decoded; ``collate_skipping_none``
+    drops it from its batch, so one broken image cannot stop a run mid-epoch.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], grey: bool, transform: v2.Transform | None = None):
+        self.samples = list(samples)
+        self.grey = grey
+        self.transform = transform
+        self.min_size: int | None = None  # warn about images below this side
+        self._warned_small = False
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            img = open_image(path, grey=self.grey)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"warning: {e}; skipped", file=sys.stderr)
+            return None
+        if self.min_size and min(img.size) < self.min_size and not self._warned_small:
+            self._warned_small = True
+            print(
+                f"warning: {path} is {img.size[0]}x{img.size[1]}, smaller than the input size {self.min_size}; "
+                "small images are upscaled",
+                file=sys.stderr,
+            )
+        x = v2.functional.pil_to_tensor(img)
+        return (self.transform(x) if self.transform else x), label
+
+
+def collate_skipping_none(batch: list) -> tuple[Tensor, Tensor]:
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sub-folder names) and (file, label) pairs of an ImageFolder-style tree."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    try:
+        classes, class_to_idx = find_classes(str(root))
+    except FileNotFoundError:
+        raise ValueError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)") from None
+    samples, ignored = [], []
+    for name in classes:
+        for dirpath, _, files in sorted(os.walk(root / name, followlinks=True)):
+            for file in sorted(files):
+                path = os.path.join(dirpath, file)
+                (samples if file.lower().endswith(IMG_EXTENSIONS) else ignored).append((path, class_to_idx[name]))
+    if ignored:
+        print(
+            f"warning: ignoring {len(ignored)} non-image file(s) under {root}, e.g. {ignored[0][0]}", file=sys.stderr
+        )
+    if not samples:
+        raise ValueError(f"no images found under {root} (extensions: {', '.join(IMG_EXTENSIONS)})")
+    used = sorted({label for _, label in samples})
+    if len(used) < 2:
+        raise ValueError(f"{root} has images of only one class ({classes[used[0]]}); classification needs two or more")
+    return classes, samples
+
+
+def guess_grey(samples: Sequence[tuple[str, int]], probe: int = 32) -> bool:
+    """True when the first readable images are all single-channel (L, 1, I, F modes)."""
+    modes = []
+    for path, _ in samples[:probe]:
+        try:
+            with Image.open(path) as img:
+                modes.append(img.mode)
+        except (UnidentifiedImageError, OSError):
+            continue
+    return bool(modes) and all(m in ("L", "1", "I", "I;16", "F", "LA") for m in modes)
+
+
+def load_image_folder(
+    root: Path, *, input_size: int, val_split: float | None, seed: int, in_chans: int | None, min_crop: float,
+    erase: float = 0.0,
+) -> DataBundle:
+    """``root/train`` and ``root/val`` (or ``root`` split by ``val_split``), one sub-folder per class."""
+    if not root.exists():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    # Light augmentation (V1 Sec. 3.2): random resized crops no smaller than min_crop, flips.
+    train_tf = v2.Compose([
+        v2.RandomResizedCrop(input_size, scale=(min_crop, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        *([v2.RandomErasing(p=erase)] if erase else []),
+    ])
+    if (root / "train").is_dir():
+        classes, train_samples = scan_folder(root / "train")
+        val_root = root / "val" if (root / "val").is_dir() else None
+        if val_root is None and not val_split:
+            raise ValueError(f"{root} has train/ but no val/: add val/ or pass --val-split (e.g. 0.1)")
+        if val_root is not None:
+            val_classes, val_samples = scan_folder(val_root)
+            if val_classes != classes:
+                raise ValueError(f"{root}/train and {root}/val have different classes: {classes} vs {val_classes}")
+    else:
+        classes, train_samples = scan_folder(root)
+        val_samples = None
+        if not val_split:
+            raise ValueError(f"{root} has no train/ and val/ sub-folders: pass --val-split (e.g. 0.1) to hold out images")
+    if val_samples is None:
+        if not 0 < val_split < 1:
+            raise ValueError(f"--val-split must be between 0 and 1, got {val_split}")
+        order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(1, round(len(order) * val_split))
+        val_samples = [train_samples[i] for i in order[:n_val]]
+        train_samples = [train_samples[i] for i in order[n_val:]]
+    grey = guess_grey(train_samples) if in_chans is None else in_chans == 1
+    if in_chans not in (None, 1, 3):
+        raise ValueError(f"image folders give 1 (grey) or 3 (colour) channels, not --in-chans {in_chans}")
+    train = ImageFiles(train_samples, grey, train_tf)
+    train.min_size = input_size
+    bundle = DataBundle(
+        name=str(root),
+        train=train,
+        val=ImageFiles(val_samples, grey),
+        class_names=classes,
+        in_chans=1 if grey else 3,
+        mean=GREY_MEAN if grey else IMAGENET_MEAN,
+        std=GREY_STD if grey else IMAGENET_STD,
+        in_memory=False,
+    )
+    bundle.val.transform = bundle.preprocess(input_size).image_transform()
+    return bundle
+
+
+def load_data(
+    data: str,
+    *,
+    input_size: int,
+    val_split: float | None = None,
+    seed: int = 0,
+    in_chans: int | None = None,
+    min_crop: float = 0.25,
+    erase: float = 0.0,
+    subset: int | None = None,
+) -> DataBundle:
+    """``data`` is ``fashion-mnist`` or the path of an image folder.
+
+    Fashion-MNIST validates on its 10,000 test images (the benchmark's number), unless
+    ``val_split`` holds out part of the training set instead. ``subset`` keeps the first N
+    training and N // 6 validation images (for quick runs and tests).
+    """
+    if data == "fashion-mnist":
+        train = load_fashion_mnist("train")
+        if val_split:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+            n_val = round(len(train) * val_split)
+            train, val = Subset(train, order[n_val:].tolist()), Subset(train, order[:n_val].tolist())
+        else:
+            val = load_fashion_mnist("test")
+        if in_chans not in (None, 1):
+            raise ValueError("Fashion-MNIST is grey: it has 1 channel")
+        bundle = DataBundle(
+            "fashion-mnist", train, val, FASHION_MNIST_CLASSES, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD, True, 28
+        )
+    else:
+        bundle = load_image_folder(
+            Path(data), input_size=input_size, val_split=val_split, seed=seed, in_chans=in_chans, min_crop=min_crop,
+            erase=erase,
+        )
+    if subset:
+        bundle.train = Subset(bundle.train, range(min(subset, len(bundle.train))))
+        bundle.val = Subset(bundle.val, range(min(max(subset // 6, 1), len(bundle.val))))
+    return bundle
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class BatchAugment(torch.nn.Module):
+    """Per-image random translation, horizontal flip and random erasing on a whole uint8 batch.
+
+    For in-memory datasets of small images (Fashion-MNIST): the same augmentations torchvision's
+    RandomCrop(padding), RandomHorizontalFlip and RandomErasing give, drawn independently for
+    every image but computed for the batch at once, so augmentation costs microseconds.
+    """
+
+    def __init__(self, pad: int = 0, flip: bool = False, erase: float = 0.0) -> None:
+        super().__init__()
+        self.pad, self.flip, self.erase = pad, flip, erase
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (n, 1, 1))
+            dx = torch.randint(0, 2 * p + 1, (n, 1, 1))
+            rows = (dy + torch.arange(h).view(1, h, 1)).expand(n, h, w)
+            cols = (dx + torch.arange(w).view(1, 1, w)).expand(n, h, w)
+            x = padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+        if self.flip:
+            x = torch.where(torch.rand(n, 1, 1, 1) < 0.5, x.flip(-1), x)
+        if self.erase:
+            x = x.masked_fill(self._erase_mask(n, h, w), 0)
+        return x.contiguous()
+
+    def _erase_mask(self, n: int, h: int, w: int) -> Tensor:
+        # RandomErasing's defaults: area 2-33 % of the image, aspect ratio 0.3-3.3, probability p
+        area = torch.empty(n).uniform_(0.02, 0.33) * h * w
+        ratio = torch.exp(torch.empty(n).uniform_(np.log(0.3), np.log(1 / 0.3)))
+        eh = (area * ratio).sqrt().round().clamp(1, h).long()
+        ew = (area / ratio).sqrt().round().clamp(1, w).long()
+        top = (torch.rand(n) * (h - eh + 1)).long()
+        left = (torch.rand(n) * (w - ew + 1)).long()
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        box = (
+            (ys >= top.view(n, 1, 1)) & (ys < (top + eh).view(n, 1, 1))
+            & (xs >= left.view(n, 1, 1)) & (xs < (left + ew).view(n, 1, 1))
+        )
+        on = torch.rand(n) < self.erase
+        return (box & on.view(n, 1, 1)).unsqueeze(1)

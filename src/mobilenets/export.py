@@ -1,0 +1,579 @@
+"""Export a MobileNet for inference, verify it in its own runtime, and load it back.
+
+Formats (``FORMATS``): ONNX (run by ONNX Runtime), OpenVINO IR (``.xml`` + ``.bin``), TorchScript
+and ``torch.export`` archives (run by PyTorch). Every export:
+
+* folds batch norm into the preceding convolutions first (``fold_batchnorm``), so the graph
+  holds conv + bias + activation only, the form the papers count mult-adds in (V1 Sec. 3.1);
+* has a dynamic batch dimension and a fixed input side (the model's ``Preprocess.size``);
+* is run in its runtime at batch 1 and 3 right after export and compared with the unfolded
+  PyTorch eval model: a max abs difference above ``FP32_TOLERANCE`` fails the export and
+  leaves no file behind (everything is written to a temporary folder beside the output and
+  moved into place with ``files.atomic_write`` only once verified);
+* carries what inference needs inside the artefact itself, as one JSON document (model
+  arguments, class names, ``Preprocess``, input size, int8 method): ONNX ``metadata_props``,
+  OpenVINO ``rt_info``, an extra file ``mobilenets.json`` in TorchScript and torch.export
+  archives. No sidecar file can get lost.
+
+``int8=True`` (ONNX and OpenVINO) adds post-training static quantization (``quantize.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .files import atomic_write
+from .layers import ConvBNAct
+from .preprocess import Preprocess
+from .registry import ModelArgs
+from .runtimes import Forward, ort_forward, ort_session, ov_compile, ov_forward, require
+
+FP32_TOLERANCE = 1e-4  # max abs logit difference allowed between an fp32 export and PyTorch
+FOLD_TOLERANCE = 1e-5  # folded vs unfolded eager model
+VERIFY_BATCHES = (1, 3)  # 1 and a batch > 1 exercise the dynamic batch dimension
+META_KEY = "mobilenets"
+META_FILE = "mobilenets.json"
+STANDARD_ONNX_DOMAINS = ("", "ai.onnx")
+NOT_EXPORTED_HINT = "expected .onnx, .xml, .ts/.pt or .pt2 from `mobilenets export`"
+
+
+@dataclass(frozen=True)
+class Format:
+    """An export format: the file suffixes it accepts, the runtime that runs it, whether int8 exists."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    runtime: str
+    packages: tuple[str, ...]  # Python modules needed to write and run it
+    int8: bool
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format("onnx", (".onnx",), "ONNX Runtime", ("onnx", "onnxscript", "onnxruntime"), True),
+    "openvino": Format("openvino", (".xml",), "OpenVINO", ("openvino",), True),
+    "torchscript": Format("torchscript", (".ts", ".pt"), "PyTorch (TorchScript)", (), False),
+    "exported-program": Format("exported-program", (".pt2",), "PyTorch (torch.export)", (), False),
+}
+
+
+@dataclass(frozen=True)
+class ExportMeta:
+    """What inference needs besides the graph; stored inside the exported artefact as JSON."""
+
+    model_args: dict
+    preprocess: dict
+    class_names: tuple[str, ...]
+    input_size: int
+    format: str
+    int8: str | None = None  # the quantizer, or None for fp32
+    version: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "class_names": list(self.class_names)})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExportMeta:
+        d = json.loads(text)
+        return cls(**{**d, "class_names": tuple(d["class_names"])})
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    files: tuple[Path, ...]  # every file written (OpenVINO: .xml and .bin)
+    format: str
+    int8: str | None
+    max_diff: float  # max abs logit difference from the unfolded PyTorch model, batch 1 and 3
+    size_bytes: int  # all files together
+    top1_agreement: float | None = None  # int8: same top-1 as fp32 PyTorch on the calibration images
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Exported(NamedTuple):
+    """An exported model loaded in its runtime: ``forward(float batch) -> logits``."""
+
+    forward: Forward
+    preprocess: Preprocess
+    class_names: list[str]
+
+
+# --------------------------------------------------------------------------- batch-norm folding
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with every ``ConvBNAct``'s batch norm folded into its conv.
+
+    At inference BN is an affine map per channel, so it merges into the convolution's weights
+    and a bias (V1 Sec. 3.1 counts no cost for it for this reason). ``torch.nn.utils.fusion``
+    does the arithmetic; the BN slot becomes an identity so the module tree keeps its shape.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return folded
+
+
+class Logits(nn.Module):
+    """``model.forward`` without its Python input checks, which would become graph asserts.
+
+    The exported graph fixes channels and side and checks them itself (``load_exported`` gives
+    the same one-line error as the eager model).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_head(self.model.forward_features(x))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def check_output(path: str | os.PathLike, fmt: str) -> Path:
+    """Reject an unknown format, a wrong suffix or an unwritable place before any work is done."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    path = Path(path)
+    suffixes = FORMATS[fmt].suffixes
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"--format {fmt} writes {' or '.join(suffixes)} files, not {path.name}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name ending in {suffixes[0]}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {parent}")
+    return path
+
+
+def check_export(out: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
+    """Everything that can be checked before loading a model: format, path, int8 support, packages."""
+    out = check_output(out, fmt)
+    spec = FORMATS[fmt]
+    if int8 and not spec.int8:
+        raise ValueError(f"--int8 is available for --format {' and '.join(n for n, f in FORMATS.items() if f.int8)}")
+    for package in spec.packages:
+        require(package)
+    if int8:
+        from .quantize import QUANTIZERS
+
+        for package in QUANTIZERS[fmt].packages:
+            require(package)
+    return out
+
+
+def load_source(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    model: str | None = None,
+    weights: str | os.PathLike | None = None,
+    width_mult: float = 1.0,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    input_size: int | None = None,
+):
+    """The model to export, as a ``predict.LoadedModel``: a training checkpoint (which brings its
+    classes and preprocessing), or ``model`` built from arguments with optional ``weights``."""
+    from .predict import LoadedModel, imagenet_class_names, load_model
+    from .registry import create_model
+    from .weights import load_weights
+
+    if checkpoint is not None:
+        loaded = load_model(checkpoint)
+        if input_size and input_size != loaded.preprocess.size:
+            loaded = LoadedModel(loaded.model, replace(loaded.preprocess, input_size=input_size), loaded.class_names)
+        return loaded
+    num_classes, in_chans = num_classes or 1000, in_chans or 3
+    net = create_model(model, width_mult=width_mult, num_classes=num_classes, in_chans=in_chans)
+    saved = load_weights(net, weights) if weights is not None else {}
+    if saved.get("class_names"):
+        names = list(saved["class_names"])
+    elif num_classes == 1000:
+        names = imagenet_class_names()
+    else:
+        names = [f"class {i}" for i in range(num_classes)]
+    if saved.get("preprocess"):
+        pre = Preprocess.from_dict(saved["preprocess"])
+        pre = replace(pre, input_size=input_size) if input_size else pre
+    else:
+        pre = Preprocess.imagenet(input_size or 224, in_chans)
+    return LoadedModel(net.eval(), pre, names)
+
+
+def files_of(path: Path, fmt: str) -> tuple[Path, ...]:
+    """Every file an export writes; the entry point last (moved last, read first)."""
+    return (path.with_suffix(".bin"), path) if fmt == "openvino" else (path,)
+
+
+def export_model(
+    model: nn.Module,
+    out: str | os.PathLike,
+    fmt: str,
+    *,
+    preprocess: Preprocess,
+    class_names: Sequence[str],
+    calibration: Sequence[Tensor] | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export ``model`` (a ``MobileNet``) to ``out`` in format ``fmt``, verified, atomically.
+
+    ``calibration`` (float model-input batches) turns on int8 post-training quantization.
+    """
+    int8 = calibration is not None
+    out = check_export(out, fmt, int8)
+    args = getattr(model, "args", None)
+    if args is None or not hasattr(model, "forward_head"):
+        raise ValueError("export needs a classifier built by mobilenets.create_model")
+    reference = model.eval()
+    size, channels = preprocess.size, reference.in_chans
+    if preprocess.channels != channels:
+        raise ValueError(f"the preprocessing gives {preprocess.channels} channel(s), the model takes {channels}")
+    folded = fold_batchnorm(reference)
+    fold_diff = _max_diff(lambda x: folded(x), reference, channels, size)
+    if fold_diff > FOLD_TOLERANCE:  # cannot happen for finite weights; guards the folding itself
+        raise ValueError(f"batch-norm folding changed the outputs by {fold_diff:.2e} (> {FOLD_TOLERANCE:g})")
+    meta = ExportMeta(
+        model_args=args.to_dict(),
+        preprocess=preprocess.to_dict(),
+        class_names=tuple(class_names),
+        input_size=size,
+        format=fmt,
+    )
+    # Work in a hidden folder beside the output (same file system, so the final moves are renames).
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        work = Path(tmp) / ("fp32" + out.suffix)
+        _WRITERS[fmt](Logits(folded).eval(), work, channels, size, meta)
+        notes: list[str] = []
+        if int8:
+            from .quantize import QUANTIZERS
+
+            quantizer = QUANTIZERS[fmt]
+            meta = replace(meta, int8=quantizer.name)
+            int8_path = Path(tmp) / ("int8" + out.suffix)
+            quantizer.quantize(work, int8_path, calibration, meta.to_json())
+            work = int8_path
+        if fmt == "onnx":
+            _check_standard_onnx(work)
+        forward = _runtime_forward(work, fmt, threads=None)
+        max_diff = _max_diff(forward, reference, channels, size)
+        agreement = None
+        if not int8 and not max_diff <= FP32_TOLERANCE:
+            raise ValueError(
+                f"verification failed: the {fmt} export differs from PyTorch by {max_diff:.2e} "
+                f"(> {FP32_TOLERANCE:g}); nothing was written"
+            )
+        if int8:
+            if not math.isfinite(max_diff):
+                raise ValueError(f"verification failed: the int8 {fmt} export gives non-finite logits")
+            agreement = _top1_agreement(forward, reference, calibration)
+            if agreement < 0.9:
+                notes.append(f"int8 and fp32 agree on top-1 for only {agreement:.1%} of the calibration images")
+        sources = files_of(work, fmt)
+        targets = files_of(out, fmt)
+        for src, dst in zip(sources, targets, strict=True):
+            atomic_write(dst, lambda tmp_path, src=src: os.replace(src, tmp_path))
+    size_bytes = sum(p.stat().st_size for p in targets)
+    for note in notes:
+        log(f"warning: {note}")
+    return ExportResult(out, targets, fmt, meta.int8, max_diff, size_bytes, agreement, tuple(notes))
+
+
+def _example(channels: int, size: int, batch: int = 2) -> Tensor:
+    # batch 2: torch.export specialises a dimension whose example value is 1
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _write_onnx(model: nn.Module, path: Path, channels: int, size: int, meta: ExportMeta) -> None:
+    onnx = require("onnx")
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (_example(channels, size),),
+            dynamo=True,
+            verbose=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+        )
+    proto = program.model_proto
+    set_onnx_meta(proto, meta.to_json())
+    onnx.save(proto, str(path))
+
+
+def set_onnx_meta(proto, text: str) -> None:
+    """Store ``text`` as the model's ``metadata_props["mobilenets"]``.
+
+    The exporter's per-node debugging metadata (Python stack traces with local file paths,
+    module names) is dropped on the way: it is about a tenth of a small model's file and
+    nothing at inference reads it.
+    """
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for info in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        del info.metadata_props[:]
+    for prop in list(proto.metadata_props):
+        if prop.key == META_KEY:
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, text
+
+
+def _write_openvino(model: nn.Module, path: Path, channels: int, size: int, meta: ExportMeta) -> None:
+    ov = require("openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(
+            model, example_input=_example(channels, size), input=[ov.PartialShape([-1, channels, size, size])]
+        )
+    save_openvino(ov_model, path, meta.to_json())
+
+
+def save_openvino(ov_model, path: Path, text: str) -> None:
+    ov = require("openvino")
+    ov_model.set_rt_info(text, [META_KEY])
+    # fp32 weights on disk: the default fp16 compression would break the 1e-4 check
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+
+
+def _write_torchscript(model: nn.Module, path: Path, channels: int, size: int, meta: ExportMeta) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated upstream; still the widest-read format
+        traced = torch.jit.trace(model, _example(channels, size), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={META_FILE: meta.to_json()})
+
+
+def _write_exported_program(model: nn.Module, path: Path, channels: int, size: int, meta: ExportMeta) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model, (_example(channels, size),), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(program, str(path), extra_files={META_FILE: meta.to_json()})
+
+
+_WRITERS = {
+    "onnx": _write_onnx,
+    "openvino": _write_openvino,
+    "torchscript": _write_torchscript,
+    "exported-program": _write_exported_program,
+}
+
+
+def _check_standard_onnx(path: Path) -> None:
+    """Only standard ONNX operators: hard-swish and hard-sigmoid are (HardSwish needs opset >= 14)."""
+    onnx = require("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(proto)
+    custom = sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in STANDARD_ONNX_DOMAINS})
+    if custom or proto.functions:
+        what = custom or [f.name for f in proto.functions]
+        raise ValueError(f"the ONNX graph uses non-standard operators: {', '.join(what)}")
+
+
+def onnx_ops(path: str | os.PathLike) -> tuple[int, set[str]]:
+    """(default-domain opset, operator types) of an ONNX file."""
+    onnx = require("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next(o.version for o in proto.opset_import if o.domain in STANDARD_ONNX_DOMAINS)
+    return opset, {n.op_type for n in proto.graph.node}
+
+
+@torch.no_grad()
+def _max_diff(forward: Forward, reference: nn.Module, channels: int, size: int) -> float:
+    gen = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for batch in VERIFY_BATCHES:
+        x = torch.randn(batch, channels, size, size, generator=gen)
+        out, ref = forward(x), reference(x)
+        if out.shape != ref.shape:
+            raise ValueError(f"verification failed: output shape {tuple(out.shape)}, PyTorch gives {tuple(ref.shape)}")
+        worst = max(worst, (out.float() - ref).abs().max().item())
+    return worst
+
+
+@torch.no_grad()
+def _top1_agreement(forward: Forward, reference: nn.Module, batches: Sequence[Tensor]) -> float:
+    same = total = 0
+    for x in batches:
+        same += (forward(x).argmax(1) == reference(x).argmax(1)).sum().item()
+        total += len(x)
+    return same / max(total, 1)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def exported_format(path: str | os.PathLike) -> str | None:
+    """The export format of a file, or ``None`` for anything else (e.g. a training checkpoint)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".xml":
+        return "openvino"
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    if any(n.endswith("/constants.pkl") or n.startswith("constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("archive_format") for n in names) or suffix == ".pt2":
+        return "exported-program"
+    return None
+
+
+def read_meta(path: str | os.PathLike, fmt: str | None = None) -> ExportMeta:
+    """The ``ExportMeta`` stored in an exported file."""
+    path = Path(path)
+    fmt = fmt or exported_format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if fmt == "onnx":
+        onnx = require("onnx")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # onnx raises DecodeError and others for a broken file
+            raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+        text = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
+    elif fmt == "openvino":
+        model = _read_openvino(path)
+        text = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else None
+    elif fmt in ("torchscript", "exported-program"):
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.rsplit("/", 1)[-1] == META_FILE), None)
+            text = zf.read(name).decode() if name else None
+    else:
+        raise ValueError(f"{path} is not an exported model ({NOT_EXPORTED_HINT})")
+    if not text:
+        raise ValueError(f"{path} was not exported by mobilenets: it carries no preprocessing or class names")
+    return ExportMeta.from_json(text)
+
+
+def _read_openvino(path: Path):
+    if not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(f"{path.with_suffix('.bin')} not found: an OpenVINO model is the .xml and its .bin")
+    from .runtimes import ov_core
+
+    try:
+        return ov_core().read_model(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"{path} is not a readable OpenVINO model ({str(e).strip().splitlines()[0]})") from None
+
+
+def _runtime_forward(path: Path, fmt: str, threads: int | None) -> Forward:
+    """Run ``path`` in its runtime (no metadata needed: also used on the temporary export)."""
+    if fmt == "onnx":
+        forward = ort_forward(ort_session(path, threads))
+    elif fmt == "openvino":
+        forward = ov_forward(ov_compile(_read_openvino(path), threads))
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+        forward = _no_grad(module)
+    elif fmt == "exported-program":
+        module = torch.export.load(str(path)).module()
+        forward = _no_grad(module)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    return forward
+
+
+def _no_grad(module: Callable[[Tensor], Tensor]) -> Forward:
+    def forward(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return module(x)
+
+    return forward
+
+
+def load_exported(path: str | os.PathLike, threads: int | None = None) -> Exported:
+    """Load a file written by ``mobilenets export``: (forward, preprocess, class names).
+
+    ``forward`` runs the model in its runtime (ONNX Runtime, OpenVINO or PyTorch) and checks the
+    input shape first, with the same message as the eager model.
+    """
+    path = Path(path)
+    fmt = exported_format(path)
+    if fmt is None:
+        raise ValueError(f"{path} is not an exported model ({NOT_EXPORTED_HINT})")
+    meta = read_meta(path, fmt)
+    run = _runtime_forward(path, fmt, threads)
+    channels = ModelArgs(**meta.model_args).in_chans
+    size = meta.input_size
+
+    def forward(x: Tensor) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != (channels, size, size):
+            expected = f"(N, {channels}, {size}, {size})"
+            raise ValueError(f"{path.name} expects input of shape {expected}, got {tuple(x.shape)}")
+        return run(x)
+
+    return Exported(forward, Preprocess.from_dict(meta.preprocess), list(meta.class_names))
+
+
+class RuntimeModule(nn.Module):
+    """An exported model behind the ``nn.Module`` call interface (for code written for models)."""
+
+    def __init__(self, forward: Forward) -> None:
+        super().__init__()
+        self._forward = forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._forward(x.cpu()).to(x.device)  # the runtimes run on the CPU
+
+
+def load_exported_model(path: str | os.PathLike):
+    """``load_exported`` as a ``predict.LoadedModel`` (what ``mobilenets eval`` works with)."""
+    from .predict import LoadedModel
+
+    forward, preprocess, class_names = load_exported(path)
+    return LoadedModel(RuntimeModule(forward).eval(), preprocess, class_names)
+
+
+def describe(result: ExportResult) -> str:
+    kind = f"int8 ({result.int8})" if result.int8 else "fp32"
+    batches = " and ".join(map(str, VERIFY_BATCHES))
+    lines = [
+        f"wrote {', '.join(str(p) for p in result.files)}  ({result.format}, {kind}, "
+        f"{result.size_bytes / 1e6:.2f} MB)",
+        f"verified in {FORMATS[result.format].runtime} at batch {batches}: max abs difference from PyTorch "
+        + (f"{result.max_diff:.2e} (limit {FP32_TOLERANCE:g})" if not result.int8
+           else f"(fp32) {result.max_diff:.2e} on random inputs"),
+    ]
+    if result.top1_agreement is not None:
+        lines.append(f"int8 top-1 agrees with fp32 on {result.top1_agreement:.1%} of the calibration images")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "FORMATS",
+    "ExportMeta",
+    "ExportResult",
+    "Exported",
+    "export_model",
+    "exported_format",
+    "fold_batchnorm",
+    "load_exported",
+    "load_exported_model",
+    "read_meta",
+]

@@ -1,0 +1,80 @@
+"""A training run's configuration: a recipe plus overrides, or the one stored in ``last.pt``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .files import load_torch
+from .recipes import Recipe, get_recipe
+
+CHECKPOINT_FORMAT = "mobilenets-train-1"
+
+
+class TrainingError(ValueError):
+    """A run that cannot go on (diverged, bad resume); its message is for the user."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; stored in its checkpoints."""
+
+    model: str
+    data: str
+    out: str
+    recipe: Recipe
+    seed: int = 0
+    device: str = "cpu"
+    val_split: float | None = None
+    in_chans: int | None = None
+    workers: int = 0
+    subset: int | None = None  # first N training images only (quick runs, tests)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{**d, "recipe": Recipe(**d["recipe"])})
+
+
+# These may change when a run is resumed; everything else must match the checkpoint.
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "out")
+
+
+def make_config(
+    model: str, data: str, out: str, recipe: str = "paper", *, resume: bool = False, **overrides: Any
+) -> TrainConfig:
+    """Build a run's config from a recipe and overrides (``None`` keeps the recipe's value).
+
+    With ``resume`` the config comes from ``out/last.pt``; overrides may only extend the
+    epochs or change device and workers.
+    """
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    recipe_overrides = {k: v for k, v in overrides.items() if k in recipe_fields}
+    run_overrides = {k: v for k, v in overrides.items() if k not in recipe_fields and v is not None}
+    if resume:
+        last = Path(out) / "last.pt"
+        if not last.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {last}")
+        saved = TrainConfig.from_dict(read_train_checkpoint(last)["config"])
+        wanted = {"model": model, "data": data, **run_overrides, **recipe_overrides}
+        for key, value in wanted.items():
+            if value is None or key in RESUMABLE_OVERRIDES:
+                continue
+            old = getattr(saved.recipe, key) if key in recipe_fields else getattr(saved, key)
+            if old != value:
+                raise TrainingError(f"--resume: {key} is {old!r} in {last}, not {value!r}; start a new --out instead")
+        changes = {k: v for k, v in run_overrides.items() if k in RESUMABLE_OVERRIDES}
+        return dataclasses.replace(saved, out=out, recipe=saved.recipe.replace(epochs=overrides.get("epochs")), **changes)
+    base = get_recipe(recipe)
+    return TrainConfig(model=model, data=data, out=out, recipe=base.replace(**recipe_overrides), **run_overrides)
+
+
+def read_train_checkpoint(path: Path) -> dict:
+    ckpt = load_torch(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a mobilenets training checkpoint")
+    return ckpt

@@ -1,0 +1,255 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mobilenets
+from mobilenets import export as ex
+from mobilenets.cli import main
+from mobilenets.preprocess import Preprocess
+from mobilenets.quantize import calibration_batches
+
+SIZE = 64  # small inputs keep every export under a few seconds
+ALL_MODELS = mobilenets.list_models()
+
+
+def small_model(name="mobilenet_v1", width=0.25, num_classes=10, in_chans=3):
+    """A model whose batch norms are not the identity, so folding has something to fold."""
+    model = mobilenets.create_model(name, width_mult=width, num_classes=num_classes, in_chans=in_chans)
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model.eval()
+
+
+def export(model, path, fmt, **kw):
+    pre = Preprocess.imagenet(SIZE, model.in_chans)
+    names = [f"c{i}" for i in range(model.args.num_classes)]
+    return ex.export_model(model, path, fmt, preprocess=pre, class_names=names, log=lambda _: None, **kw)
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert pattern in err, err
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_fold_batchnorm_matches_eval_model(name):
+    model = small_model(name)
+    folded = ex.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert (folded(x) - model(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_export_matches_pytorch_at_any_batch(tmp_path, name, fmt):
+    model = small_model(name)
+    path = tmp_path / f"m{ex.FORMATS[fmt].suffixes[0]}"
+    result = export(model, path, fmt)
+    assert result.max_diff < ex.FP32_TOLERANCE and result.int8 is None
+    assert all(p.is_file() for p in result.files)
+    assert leftovers(tmp_path) == sorted(p.name for p in result.files)  # no temporary files left
+    forward, pre, names = ex.load_exported(path)
+    assert pre == Preprocess.imagenet(SIZE) and names == [f"c{i}" for i in range(10)]
+    x = torch.randn(5, 3, SIZE, SIZE)  # a batch size the export never saw
+    with torch.no_grad():
+        assert (forward(x) - model(x)).abs().max() < ex.FP32_TOLERANCE
+    if fmt == "onnx":
+        opset, ops = ex.onnx_ops(path)
+        assert opset >= 14
+        if name.startswith("mobilenet_v3"):
+            assert {"HardSwish", "HardSigmoid"} <= ops  # standard ONNX ops, no custom domain
+        assert "BatchNormalization" not in ops
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_torch_formats(tmp_path, name, fmt):
+    model = small_model(name)
+    path = tmp_path / f"m{ex.FORMATS[fmt].suffixes[0]}"
+    result = export(model, path, fmt)
+    assert result.max_diff < ex.FP32_TOLERANCE
+    assert ex.exported_format(path) == fmt
+    forward, _, names = ex.load_exported(path)
+    x = torch.randn(4, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert (forward(x) - model(x)).abs().max() < ex.FP32_TOLERANCE
+    assert names[-1] == "c9"
+    with pytest.raises(ValueError, match=r"expects input of shape \(N, 3, 64, 64\)"):
+        forward(torch.randn(1, 3, 32, 32))
+
+
+def test_grey_model_metadata_round_trip(tmp_path):
+    model = small_model("mobilenet_v1", in_chans=1, num_classes=3)
+    pre = Preprocess(28, 28, (0.286,), (0.353,), SIZE)
+    ex.export_model(model, tmp_path / "g.xml", "openvino", preprocess=pre, class_names=["x", "y", "z"])
+    meta = ex.read_meta(tmp_path / "g.xml")
+    assert meta.model_args["in_chans"] == 1 and meta.input_size == SIZE
+    assert ex.load_exported(tmp_path / "g.xml").preprocess == pre
+
+
+# --------------------------------------------------------------------------- int8 and eval
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A tiny two-class image folder (train/ and val/): a bright and a dark class."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 6)):
+        for label, base in (("bright", 170), ("dark", 40)):
+            d = tmp_path / "data" / split / label
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A checkpoint as training writes it: model args, class names and preprocessing."""
+    model = small_model("mobilenet_v1", num_classes=2)
+    path = tmp_path / "ckpt.pt"
+    mobilenets.save_weights(model, path, class_names=["bright", "dark"],
+                            preprocess=Preprocess.imagenet(SIZE).to_dict())
+    return path
+
+
+def test_calibration_batches_use_the_model_preprocessing(folder):
+    batches = calibration_batches(str(folder), Preprocess.imagenet(SIZE), size=20, batch_size=8)
+    assert [b.shape for b in batches] == [(8, 3, SIZE, SIZE), (8, 3, SIZE, SIZE), (4, 3, SIZE, SIZE)]
+    assert batches[0].dtype == torch.float32
+
+
+def eval_json(capsys, tmp_path, model, data):
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", model, "--data", data, "--json",
+                             "--confusion", tmp_path / "confusion.png")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_eval_of_an_exported_model_matches_the_checkpoint(tmp_path, capsys, folder, checkpoint):
+    path = tmp_path / "m.xml"
+    code, out, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--format", "openvino", "--out", path)
+    assert code == 0, err
+    assert "max abs difference from PyTorch" in out
+    exported, original = eval_json(capsys, tmp_path, path, folder), eval_json(capsys, tmp_path, checkpoint, folder)
+    assert exported["top1"] == original["top1"] and exported["count"] == original["count"] == 12
+    assert abs(exported["loss"] - original["loss"]) < 1e-4
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("openvino", ".xml")])
+def test_int8_export_and_eval(tmp_path, capsys, folder, checkpoint, fmt, suffix):
+    path = tmp_path / f"int8{suffix}"
+    code, out, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--format", fmt, "--out", path,
+                             "--int8", "--calib-data", folder, "--calib-size", "24")
+    assert code == 0, err
+    assert "int8" in out and "calibration images" in out
+    meta = ex.read_meta(path)
+    assert meta.int8 and meta.class_names == ("bright", "dark")
+    if fmt == "onnx":
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ex.onnx_ops(path)[1]
+    assert eval_json(capsys, tmp_path, path, folder)["count"] == 12
+
+
+def test_export_with_model_name(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", "--model", "mobilenet_v3_small", "--width-mult", "0.25",
+                           "--num-classes", "5", "--in-chans", "1", "--input-size", "48",
+                           "--format", "exported-program", "--out", tmp_path / "v3.pt2")
+    assert code == 0, err
+    forward, pre, names = ex.load_exported(tmp_path / "v3.pt2")
+    assert forward(torch.zeros(2, 1, 48, 48)).shape == (2, 5) and pre.channels == 1 and len(names) == 5
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "argv,pattern",
+    [
+        (["--format", "tflite", "--out", "{tmp}/m.tflite"], "unknown format 'tflite'; known formats: onnx"),
+        (["--format", "onnx", "--out", "{tmp}/m.xml"], "--format onnx writes .onnx files"),
+        (["--format", "onnx", "--out", "{tmp}/missing/m.onnx"], "does not exist"),
+        (["--format", "torchscript", "--out", "{tmp}/m.ts", "--int8", "--calib-data", "x"],
+         "--int8 is available for --format onnx and openvino"),
+        (["--format", "onnx", "--out", "{tmp}/m.onnx", "--int8"], "--int8 needs --calib-data"),
+    ],
+)
+def test_export_errors_before_any_work(tmp_path, capsys, argv, pattern):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = run_cli(capsys, "export", "--model", "mobilenet_v1", *argv)
+    assert_one_line_error(code, err, pattern)
+    assert leftovers(tmp_path) == []
+
+
+def test_export_to_a_folder_fails(tmp_path, capsys):
+    (tmp_path / "m.onnx").mkdir()
+    code, _, err = run_cli(capsys, "export", "--model", "mobilenet_v1", "--format", "onnx",
+                           "--out", tmp_path / "m.onnx")
+    assert_one_line_error(code, err, "is a folder")
+
+
+def test_mismatching_checkpoint(tmp_path, capsys):
+    model = small_model("mobilenet_v1", width=0.25)
+    path = tmp_path / "bad.pt"
+    state = {"model": model.state_dict(), "model_args": {**model.args.to_dict(), "width_mult": 0.5},
+             "class_names": [str(i) for i in range(10)]}
+    torch.save(state, path)
+    code, _, err = run_cli(capsys, "export", "--checkpoint", path, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert_one_line_error(code, err, "does not fit mobilenet_v1 (width_mult=0.5")
+    assert leftovers(tmp_path) == ["bad.pt"]
+
+
+def test_missing_runtime_names_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name.startswith("openvino"):
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr("mobilenets.runtimes.importlib.import_module", fake)
+    code, _, err = run_cli(capsys, "export", "--model", "mobilenet_v1", "--format", "openvino",
+                           "--out", tmp_path / "m.xml")
+    assert_one_line_error(code, err, "openvino is not installed: pip install 'mobilenets[deploy]'")
+
+
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "FP32_TOLERANCE", -1.0)  # no export can pass
+    with pytest.raises(ValueError, match="verification failed: the openvino export differs"):
+        export(small_model("mobilenet_v3_small"), tmp_path / "m.xml", "openvino")
+    assert leftovers(tmp_path) == []
+
+
+def test_not_an_exported_model(tmp_path, capsys, checkpoint):
+    assert ex.exported_format(checkpoint) is None
+    with pytest.raises(ValueError, match="not an exported model"):
+        ex.load_exported(checkpoint)
+    (tmp_path / "junk.onnx").write_bytes(os.urandom(64))
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        ex.load_exported(tmp_path / "junk.onnx")
