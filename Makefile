@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test lint clean
 
 install: $(STAMP)
 
@@ -25,8 +25,11 @@ $(FMNIST):
 demo: install data
 	PY=$(PY) scripts/demo.sh
 
-test: install
+test: install lint
 	$(PY) -m pytest -q -n 2
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

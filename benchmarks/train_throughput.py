@@ -7,7 +7,7 @@ PyTorch user writes first: timm ``mobilenetv1_100``, default memory format, fp32
 backward, optimizer, scheduler and EMA included). The two are timed in alternating rounds in one
 process, and the ratio of the medians is printed.
 
-    .venv/bin/python benchmarks/train_throughput.py --recipe fashion-mnist --input-size 64 --batch-size 128
+    .venv/bin/python benchmarks/train_throughput.py --recipe fashion-mnist --input-size 56 --batch-size 128
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="fashion-mnist")
     parser.add_argument("--width-mult", type=float, default=1.0)
-    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--input-size", type=int, default=56)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
     parser.add_argument("--rounds", type=int, default=5)

@@ -4,22 +4,9 @@ import csv
 import json
 
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 
 from mobilenets import bench
-from mobilenets.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert pattern in err, err
 
 
 def test_bench_json_shape(capsys):
@@ -139,3 +126,10 @@ def test_report_picks_the_best_path_per_precision():
     assert report.fraction_of_peak(report.best("fp32")) == pytest.approx(2 * 569e6 / 10e-3 / 200e9)
     text = report.format()
     assert "unavailable: not installed" in text and "best int8 path vs peer: openvino-int8 8.00x" in text
+
+
+def test_higher_peak_keeps_the_faster_measurement_per_precision():
+    first = bench.Peak(fp32_gflops=87.0, bf16_gflops=380.0)
+    second = bench.Peak(fp32_gflops=150.0, bf16_gflops=None)
+    assert bench.higher_peak(None, second) == second
+    assert bench.higher_peak(first, second) == bench.Peak(fp32_gflops=150.0, bf16_gflops=380.0)

@@ -4,23 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 import mobilenets
-from mobilenets.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert pattern in err
 
 
 def test_list(capsys):
@@ -118,7 +105,8 @@ def test_predict_missing_and_corrupt_image(capsys, tmp_path, images):
 
 def test_predict_wrong_architecture(capsys, tmp_path, images):
     mobilenets.save_weights(mobilenets.create_model("mobilenet_v2", width_mult=0.25), tmp_path / "v2.pt")
-    code, _, err = run_cli(capsys, "predict", "--model", "mobilenet_v1", "--weights", str(tmp_path / "v2.pt"), images[0])
+    code, _, err = run_cli(capsys, "predict", "--model", "mobilenet_v1", "--weights", str(tmp_path / "v2.pt"),
+                           images[0])
     assert_one_line_error(code, err, "does not fit mobilenet_v1")
 
 

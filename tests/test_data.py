@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from datasets import fake_fashion_mnist, image_folder
+
 from mobilenets.data import BatchAugment, load_data, read_idx
 
 

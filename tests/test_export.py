@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 import mobilenets
 from mobilenets import export as ex
-from mobilenets.cli import main
 from mobilenets.preprocess import Preprocess
 from mobilenets.quantize import calibration_batches
 
@@ -33,19 +33,6 @@ def export(model, path, fmt, **kw):
     pre = Preprocess.imagenet(SIZE, model.in_chans)
     names = [f"c{i}" for i in range(model.args.num_classes)]
     return ex.export_model(model, path, fmt, preprocess=pre, class_names=names, log=lambda _: None, **kw)
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert pattern in err, err
 
 
 def leftovers(folder):

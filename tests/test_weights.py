@@ -85,12 +85,18 @@ def test_features_only_loads_classifier_weights(tmp_path):
 @pytest.mark.parametrize(
     "source, kwargs, message",
     [
-        (lambda: torchvision.models.mobilenet_v2(), dict(name="mobilenet_v3_large"), r"torchvision checkpoint does not fit mobilenet_v3_large"),
-        (lambda: torchvision.models.mobilenet_v2(), dict(name="mobilenet_v2", num_classes=10), r"classifier.1.weight is \(1000, 1280\).*\(10, 1280\)"),
-        (lambda: torchvision.models.mobilenet_v2(width_mult=0.5), dict(name="mobilenet_v2"), r"features.0.0.weight is \(16, 3, 3, 3\).*\(32, 3, 3, 3\)"),
-        (lambda: timm.create_model("mobilenetv1_100"), dict(name="mobilenet_v1_shallow"), "timm checkpoint does not fit"),
-        (lambda: mobilenets.create_model("mobilenet_v1", width_mult=0.5), dict(name="mobilenet_v1"), r"stem.conv.weight is \(16, 3, 3, 3\) in the file, \(32, 3, 3, 3\)"),
-        (lambda: mobilenets.create_model("mobilenet_v1"), dict(name="mobilenet_v2"), r"it has no blocks.0.project.conv.weight"),
+        (lambda: torchvision.models.mobilenet_v2(), {"name": "mobilenet_v3_large"},
+         r"torchvision checkpoint does not fit mobilenet_v3_large"),
+        (lambda: torchvision.models.mobilenet_v2(), {"name": "mobilenet_v2", "num_classes": 10},
+         r"classifier.1.weight is \(1000, 1280\).*\(10, 1280\)"),
+        (lambda: torchvision.models.mobilenet_v2(width_mult=0.5), {"name": "mobilenet_v2"},
+         r"features.0.0.weight is \(16, 3, 3, 3\).*\(32, 3, 3, 3\)"),
+        (lambda: timm.create_model("mobilenetv1_100"), {"name": "mobilenet_v1_shallow"},
+         "timm checkpoint does not fit"),
+        (lambda: mobilenets.create_model("mobilenet_v1", width_mult=0.5), {"name": "mobilenet_v1"},
+         r"stem.conv.weight is \(16, 3, 3, 3\) in the file, \(32, 3, 3, 3\)"),
+        (lambda: mobilenets.create_model("mobilenet_v1"), {"name": "mobilenet_v2"},
+         r"it has no blocks.0.project.conv.weight"),
     ],
 )
 def test_mismatched_checkpoint_names_first_mismatch(tmp_path, source, kwargs, message):

@@ -179,7 +179,8 @@ def cmd_cost(args: argparse.Namespace) -> None:
         from .paper import PAPER_ROWS, compare_row, compare_table_2, format_comparison
 
         rows, table_2 = [compare_row(r) for r in PAPER_ROWS], compare_table_2()
-        print(json.dumps({"rows": rows, "table_2": table_2}, indent=2) if args.json else format_comparison(rows, table_2))
+        report = {"rows": rows, "table_2": table_2}
+        print(json.dumps(report, indent=2) if args.json else format_comparison(rows, table_2))
         return
     if not args.model:
         raise CliError("cost needs a model name (or --paper)")

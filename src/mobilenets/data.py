@@ -200,7 +200,8 @@ def load_image_folder(
         classes, train_samples = scan_folder(root)
         val_samples = None
         if not val_split:
-            raise ValueError(f"{root} has no train/ and val/ sub-folders: pass --val-split (e.g. 0.1) to hold out images")
+            raise ValueError(f"{root} has no train/ and val/ sub-folders: "
+                             "pass --val-split (e.g. 0.1) to hold out images")
     if val_samples is None:
         if not 0 < val_split < 1:
             raise ValueError(f"--val-split must be between 0 and 1, got {val_split}")

@@ -129,7 +129,8 @@ def format_comparison(rows: list[dict], table_2: list[dict]) -> str:
         f"{'ok':>3} {'paper P':>8} {'counted':>8}",
     ]
     for r in rows:
-        note = f"  exact {r['exact_macs_m']:.2f} (paper scales 224 by rho^2)" if r["macs_m"] != r["exact_macs_m"] else ""
+        scaled = r["macs_m"] != r["exact_macs_m"]
+        note = f"  exact {r['exact_macs_m']:.2f} (paper scales 224 by rho^2)" if scaled else ""
         lines.append(
             f"  {r['table']:<11} {r['label']:<20} {r['paper_macs_m']:>9g} {r['macs_m']:>9.2f} "
             f"{100 * r['diff']:>+6.2f}% {100 * r['tolerance']:>4.1f}% {'yes' if r['ok'] else 'NO':>3} "

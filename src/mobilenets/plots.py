@@ -35,7 +35,9 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     _save(fig, path)
 
 
-def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+def plot_confusion(
+    confusion: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
     """Row-normalised confusion matrix with counts, true class on the rows."""
     n = len(class_names)
     rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)

@@ -104,14 +104,15 @@ RECIPES: dict[str, Recipe] = {
     "fashion-mnist": Recipe(
         name="fashion-mnist",
         about="Fashion-MNIST from scratch on a CPU: 28x28 images upscaled 2x to 56 (rho = 1/4), SGD nesterov "
-        "with cosine decay, label smoothing, translation/flip/erasing, EMA of weights, bf16 autocast",
-        epochs=20,
+        "with cosine decay, weight decay 5e-4 (none on depthwise filters and BN), label smoothing, "
+        "translation/flip/erasing, EMA of weights, bf16 autocast; 94.43 % in 73 min on 2 cores (docs/results.md)",
+        epochs=30,
         batch_size=128,
         input_size=56,
         width_mult=1.0,
         optimizer="sgd",
         lr=0.4,
-        weight_decay=5e-5,
+        weight_decay=5e-4,
         schedule="cosine",
         warmup_epochs=1.0,
         label_smoothing=0.1,

@@ -68,7 +68,8 @@ def make_config(
             if old != value:
                 raise TrainingError(f"--resume: {key} is {old!r} in {last}, not {value!r}; start a new --out instead")
         changes = {k: v for k, v in run_overrides.items() if k in RESUMABLE_OVERRIDES}
-        return dataclasses.replace(saved, out=out, recipe=saved.recipe.replace(epochs=overrides.get("epochs")), **changes)
+        recipe = saved.recipe.replace(epochs=overrides.get("epochs"))
+        return dataclasses.replace(saved, out=out, recipe=recipe, **changes)
     base = get_recipe(recipe)
     return TrainConfig(model=model, data=data, out=out, recipe=base.replace(**recipe_overrides), **run_overrides)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Bneck:
     s: int
 
 
-Row = Union[Conv, Separable, Bottleneck, Bneck]
+Row = Conv | Separable | Bottleneck | Bneck
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.preprocess = self.data.preprocess(self.recipe.input_size)
         self.prepare = self.preprocess.batch_transform(self.recipe.channels_last).to(self.device)
-        self.augment = BatchAugment(self.recipe.pad, self.recipe.flip, self.recipe.erase) if self.data.in_memory else None
+        r = self.recipe
+        self.augment = BatchAugment(r.pad, r.flip, r.erase) if self.data.in_memory else None
         if resume:
             self._load(self.out / "last.pt")
         self.net: nn.Module = self.model
@@ -325,7 +326,8 @@ class Trainer:
                 f"epoch {self.epoch}/{self.recipe.epochs}  train loss {record['train_loss']:.4f} "
                 f"acc {100 * record['train_acc']:.2f} %  val loss {record['val_loss']:.4f} "
                 f"acc {100 * record['val_acc']:.2f} %  lr {record['lr']:.4g}  "
-                f"{record['train_images_per_s']:.0f} img/s  {record['seconds']:.0f} s" + ("  *best*" if improved else "")
+                f"{record['train_images_per_s']:.0f} img/s  {record['seconds']:.0f} s"
+                + ("  *best*" if improved else "")
             )
 
     # ------------------------------------------------------------------ checkpoints
@@ -381,7 +383,8 @@ class Trainer:
             torch.set_rng_state(state["rng"]["torch"])
             if state["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self._say(f"resumed from {path}: epoch {self.epoch}" + (f", step {self.step_in_epoch}" if self.step_in_epoch else ""))
+        step = f", step {self.step_in_epoch}" if self.step_in_epoch else ""
+        self._say(f"resumed from {path}: epoch {self.epoch}{step}")
 
     # ------------------------------------------------------------------ output
 
