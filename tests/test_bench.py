@@ -7,6 +7,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
 from mobilenets import bench
+from mobilenets.precision import cpu_has_native_bf16
 
 
 def test_bench_json_shape(capsys):
@@ -23,9 +24,24 @@ def test_bench_json_shape(capsys):
     assert row["speedup_vs_eager"] == 1.0 and row["gmacs_per_s"] > 0
     assert data["peer"]["available"] and "torchvision mobilenet_v2" in data["peer"]["label"]
     assert row["speedup_vs_peer"] > 0
-    assert data["peak"]["fp32_gflops"] > 0 and data["peak"]["bf16_gflops"] > 0
+    assert data["peak"]["fp32_gflops"] > 0
+    if cpu_has_native_bf16():
+        assert data["peak"]["bf16_gflops"] > 0
+    else:  # emulated bf16 is not measured as a peak
+        assert data["peak"]["bf16_gflops"] is None
     assert data["best"]["fp32"]["backend"] == "eager" and 0 < data["best"]["fp32"]["fraction_of_peak"]
     assert data["best"]["int8"] is None
+
+
+@pytest.mark.parametrize("backend", ["bf16", "openvino-bf16"])
+def test_bf16_backends_are_unavailable_without_native_bf16(monkeypatch, backend):
+    monkeypatch.setattr("mobilenets.precision.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # the worker runs in this test's process
+    job = {"threads": 1, "backend": backend, "configs": [{"model": "mobilenet_v1", "input_size": 32}] * 2,
+           "repeats": 1, "warmup": 1}
+    results = bench._worker(job)
+    assert len(results) == 2 and not any(r["available"] for r in results)
+    assert all("no native bf16" in r["reason"] for r in results)
 
 
 def test_unknown_backend_lists_the_known_ones(capsys):

@@ -204,7 +204,7 @@ class BenchReport:
             )
         if self.peak is not None:
             lines += ["", (f"GEMM peak (torch.matmul {self.peak.size}^3, same threads): "
-                           f"fp32 {_num(self.peak.fp32_gflops)} GFLOP/s, bf16 {_num(self.peak.bf16_gflops)} GFLOP/s")]
+                           f"fp32 {_gflops(self.peak.fp32_gflops)}, bf16 {_gflops(self.peak.bf16_gflops)}")]
             for precision in ("fp32", "bf16"):
                 t = self.best(precision)
                 frac = self.fraction_of_peak(t)
@@ -226,8 +226,8 @@ def _ratio(x: float | None) -> str:
     return f"{x:.2f}x" if x is not None else "-"
 
 
-def _num(x: float | None) -> str:
-    return f"{x:.1f}" if x is not None else "n/a"
+def _gflops(x: float | None) -> str:
+    return f"{x:.1f} GFLOP/s" if x is not None else "not measured"
 
 
 # --------------------------------------------------------------------------- the parent side
@@ -622,8 +622,13 @@ def _export_runner(backend: str, model, config: Config, x, workdir: Path):
 def _gemm_peak(repeats: int) -> dict:
     import torch
 
+    from .precision import cpu_has_native_bf16
+
     out = {}
-    for dtype, key in ((torch.float32, "fp32_gflops"), (torch.bfloat16, "bf16_gflops")):
+    dtypes = {torch.float32: "fp32_gflops"}
+    if cpu_has_native_bf16():  # emulated bf16 is no peak, and takes minutes at this size
+        dtypes[torch.bfloat16] = "bf16_gflops"
+    for dtype, key in dtypes.items():
         a = torch.randn(GEMM_SIZE, GEMM_SIZE, dtype=dtype)
         b = torch.randn(GEMM_SIZE, GEMM_SIZE, dtype=dtype)
         times = []
@@ -648,6 +653,12 @@ def _worker(job: dict) -> list[dict]:
 
     if backend == "file":
         return [_time_file(job)]
+    from .precision import cpu_has_native_bf16
+
+    if backend in BACKENDS and BACKENDS[backend].precision == "bf16" and not cpu_has_native_bf16():
+        # OpenVINO would quietly run f32 and PyTorch would emulate: neither is a bf16 timing
+        reason = "this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)"
+        return [{"available": False, "reason": reason} for _ in job["configs"]]
     results = []
     for c in (Config(**d) for d in job["configs"]):
         try:
