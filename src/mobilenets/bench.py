@@ -653,12 +653,11 @@ def _worker(job: dict) -> list[dict]:
 
     if backend == "file":
         return [_time_file(job)]
-    from .precision import cpu_has_native_bf16
+    from .precision import NO_NATIVE_BF16, cpu_has_native_bf16
 
     if backend in BACKENDS and BACKENDS[backend].precision == "bf16" and not cpu_has_native_bf16():
         # OpenVINO would quietly run f32 and PyTorch would emulate: neither is a bf16 timing
-        reason = "this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)"
-        return [{"available": False, "reason": reason} for _ in job["configs"]]
+        return [{"available": False, "reason": NO_NATIVE_BF16} for _ in job["configs"]]
     results = []
     for c in (Config(**d) for d in job["configs"]):
         try:

@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+NO_NATIVE_BF16 = "this CPU has no native bf16 instructions (AVX-512 BF16 or AMX)"
+
 
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matrix instructions, not oneDNN's emulation on plain AVX-512."""
@@ -22,7 +24,7 @@ def amp_dtype(device: torch.device, wanted: bool) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if cpu_has_native_bf16():
         return torch.bfloat16
-    print("warning: this CPU has no native bf16 instructions; training in float32", file=sys.stderr)
+    print(f"warning: {NO_NATIVE_BF16}; training in float32", file=sys.stderr)
     return None
 
 
