@@ -4,7 +4,7 @@
         --out runs/int8 --threads 2
 
 Exports the checkpoint four times (ONNX and OpenVINO, fp32 and int8, both int8 calibrated on the
-same training images), evaluates each on the validation set in its runtime, and times each at
+same training images), evaluates each on the test set in its runtime, and times each at
 batch 1 and 32 in its own process (``bench.time_exported``). Prints a table; asserts nothing.
 """
 
@@ -15,11 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from mobilenets.bench import default_threads, time_exported
-from mobilenets.data import collate_skipping_none, load_data
-from mobilenets.evaluate import evaluate
+from mobilenets.evaluate import evaluate_data
 from mobilenets.export import export_model, load_exported, load_source
 from mobilenets.quantize import calibration_batches
 
@@ -31,13 +28,9 @@ VARIANTS = (  # (name, format, int8)
 )
 
 
-def accuracy(path: Path, data: str, batch_size: int = 256) -> float:
+def accuracy(path: Path, data: str) -> float:
     forward, pre, names = load_exported(path)
-    bundle = load_data(data, input_size=pre.size, in_chans=pre.channels)
-    if not bundle.in_memory:
-        bundle.val.transform = pre.image_transform()
-    loader = DataLoader(bundle.val, batch_size=batch_size, collate_fn=collate_skipping_none)
-    return evaluate(forward, loader, pre.batch_transform(), len(names)).top1
+    return evaluate_data(forward, data, pre, names)[1].top1
 
 
 def main() -> int:

@@ -3,7 +3,8 @@ import pytest
 import torch
 from datasets import fake_fashion_mnist, image_folder
 
-from mobilenets.data import BatchAugment, load_data, read_idx
+from mobilenets.adapt import DataFacts
+from mobilenets.data import BatchAugment, folder_train_transform, load_data, read_idx
 
 
 @pytest.fixture
@@ -14,8 +15,12 @@ def fmnist(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_from_idx(fmnist):
-    bundle = load_data("fashion-mnist", input_size=32)
-    assert len(bundle.train) == 320 and len(bundle.val) == 80
+    bundle = load_data("fashion-mnist")
+    # a twelfth of the training images (5,000 of the real 60,000) chooses the best epoch;
+    # the test set is kept for the end
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (294, 26, 80)
+    assert not set(bundle.train.indices) & set(bundle.val.indices)
+    assert bundle.eval_split()[0] == "test" and bundle.facts().image_size == 28
     image, label = bundle.train[0]
     assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and 0 <= label < 10
     assert bundle.in_chans == 1 and bundle.class_names[0] == "T-shirt/top"
@@ -24,8 +29,8 @@ def test_fashion_mnist_from_idx(fmnist):
 
 
 def test_fashion_mnist_val_split(fmnist):
-    bundle = load_data("fashion-mnist", input_size=32, val_split=0.25)
-    assert (len(bundle.train), len(bundle.val)) == (240, 80)
+    bundle = load_data("fashion-mnist", val_split=0.25)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (240, 80, 80)
 
 
 def test_truncated_idx_is_named(fmnist):
@@ -41,28 +46,49 @@ def test_truncated_idx_is_named(fmnist):
 def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        load_data("fashion-mnist", input_size=32)
+        load_data("fashion-mnist")
 
 
 def test_image_folder_train_val(tmp_path):
-    bundle = load_data(str(image_folder(tmp_path / "d")), input_size=32)
+    bundle = load_data(str(image_folder(tmp_path / "d")))
     assert bundle.class_names == ["class_0", "class_1", "class_2"]
-    assert bundle.in_chans == 3 and len(bundle.train) == 36
+    assert bundle.in_chans == 3 and len(bundle.train) == 36 and bundle.test is None
+    assert bundle.facts() == DataFacts(train_images=36, image_size=40, channels=3)
+    bundle.set_transforms(folder_train_transform(32, 0.5, 0.0, 0.0), bundle.preprocess(32, 1.0).image_transform())
     image, _ = bundle.val[0]
-    assert image.shape == (3, 32, 32)
+    assert image.shape == (3, 32, 32) and bundle.train[0][0].shape == (3, 32, 32)
+    assert bundle.eval_split()[0] == "val"
+
+
+def test_image_folder_test_split_is_kept_for_the_end(tmp_path):
+    bundle = load_data(str(image_folder(tmp_path / "d", splits=("train", "val", "test"))))
+    assert len(bundle.test) == 36 and bundle.eval_split()[0] == "test"
+
+
+def test_small_images_are_evaluated_whole(tmp_path):
+    bundle = load_data(str(image_folder(tmp_path / "d", size=20, per_class=4)))
+    small, photo = bundle.preprocess(64, eval_crop=1.0), bundle.preprocess(224)
+    assert (small.crop, small.resize) == (64, 64) and (photo.crop, photo.resize) == (224, 256)
+
+
+def test_folder_flips_follow_the_probability(tmp_path):
+    x = torch.arange(32, dtype=torch.uint8).expand(3, 32, 32).contiguous()
+    never, always = folder_train_transform(32, 1.0, 0.0, 0.0), folder_train_transform(32, 1.0, 1.0, 0.0)
+    assert all(torch.equal(never(x), x) for _ in range(20))
+    assert all(torch.equal(always(x), x.flip(-1)) for _ in range(20))
 
 
 def test_grey_folder_gives_one_channel(tmp_path):
-    bundle = load_data(str(image_folder(tmp_path / "d", channels=1)), input_size=32)
-    assert bundle.in_chans == 1 and bundle.train[0][0].shape == (1, 32, 32)
+    bundle = load_data(str(image_folder(tmp_path / "d", channels=1)))
+    assert bundle.in_chans == 1 and bundle.train[0][0].shape == (1, 40, 40)
 
 
 def test_single_folder_with_val_split(tmp_path):
     root = image_folder(tmp_path / "d", splits=("",))
-    bundle = load_data(str(root), input_size=32, val_split=0.25)
+    bundle = load_data(str(root), val_split=0.25)
     assert (len(bundle.train), len(bundle.val)) == (27, 9)
     with pytest.raises(ValueError, match="--val-split"):
-        load_data(str(root), input_size=32)
+        load_data(str(root))
 
 
 @pytest.mark.parametrize(
@@ -76,25 +102,19 @@ def test_single_folder_with_val_split(tmp_path):
 )
 def test_bad_folders(tmp_path, make, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        load_data(str(make(tmp_path)), input_size=32, val_split=0.2)
+        load_data(str(make(tmp_path)), val_split=0.2)
 
 
 def test_corrupt_and_non_image_files_are_reported_not_fatal(tmp_path, capfd):
     root = image_folder(tmp_path / "d")
     (root / "train" / "class_0" / "notes.txt").write_text("not an image")
     (root / "train" / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    bundle = load_data(str(root), input_size=32)
+    bundle = load_data(str(root))
     assert "ignoring 1 non-image file" in capfd.readouterr().err
     broken = [i for i, (p, _) in enumerate(bundle.train.samples) if p.endswith("broken.png")][0]
     assert bundle.train[broken] is None
     err = capfd.readouterr().err
     assert "warning: cannot read image" in err and "broken.png" in err and "skipped" in err
-
-
-def test_small_images_warn(tmp_path, capfd):
-    bundle = load_data(str(image_folder(tmp_path / "d", size=20)), input_size=64)
-    assert bundle.train[0][0].shape == (3, 64, 64)
-    assert "smaller than the input size 64" in capfd.readouterr().err
 
 
 def test_batch_augment_is_per_image_and_keeps_content():
@@ -105,9 +125,10 @@ def test_batch_augment_is_per_image_and_keeps_content():
     assert out.shape == x.shape and out.dtype == torch.uint8
     assert (out.sum(dim=(1, 2, 3)) == x[0].sum()).all()  # a shift of at most 2 px keeps the square inside
     assert len({tuple(o.nonzero()[0].tolist()) for o in out}) > 5  # different shifts for different images
-    flipped = BatchAugment(flip=True)(torch.arange(28, dtype=torch.uint8).expand(200, 1, 28, 28).contiguous())
-    share = (flipped[:, 0, 0, 0] == 27).float().mean()
-    assert 0.3 < share < 0.7
+    ramp = torch.arange(28, dtype=torch.uint8).expand(400, 1, 28, 28).contiguous()
+    for p in (0.5, 0.2):
+        share = (BatchAugment(hflip=p)(ramp)[:, 0, 0, 0] == 27).float().mean()
+        assert abs(share - p) < 0.1
     erased = BatchAugment(erase=1.0)(torch.full((50, 1, 28, 28), 255, dtype=torch.uint8))
     holes = (erased == 0).float().mean(dim=(1, 2, 3))
     assert ((holes >= 0.01) & (holes <= 0.4)).all()

@@ -156,14 +156,26 @@ def test_wrong_channel_count():
         model(torch.randn(1, 3, 64, 64))
 
 
-def test_depthwise_convs_train_in_float32_under_cpu_autocast():
-    model = mobilenets.create_model("mobilenet_v1", width_mult=0.25)
-    block = model.blocks[1]
-    x = torch.randn(2, block.dw.conv.in_channels, 32, 32)
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise s1", "depthwise s2", "depthwise on a 2x2 map"])
+def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
+    # Under CPU bf16 autocast with gradients, ConvBNAct computes its convolution in the way
+    # oneDNN trains fastest (pointwise as a GEMM, strided depthwise in fp32, tiny maps padded
+    # first); inference takes the plain path. Both must be the same function.
+    from mobilenets.layers import ConvBNAct
+
+    c, size, stride, groups, k = {"pointwise": (16, 8, 1, 1, 1), "depthwise s1": (16, 8, 1, 16, 3),
+                                  "depthwise s2": (16, 8, 2, 16, 3), "depthwise on a 2x2 map": (16, 2, 1, 16, 3)}[kind]
+    layer = ConvBNAct(c, c, k, stride, groups=groups).eval()  # eval: BN uses fixed statistics on both paths
+    x = torch.randn(4, c, size, size).to(memory_format=torch.channels_last).bfloat16()
+    seen = []
+    layer.conv.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mid = block.dw(x)
-        out = block.pw(mid)
-    assert mid.dtype == torch.float32 and out.dtype == torch.bfloat16
-    assert block.dw(x).dtype == torch.float32  # no autocast: unchanged
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        assert block.dw(x).dtype == torch.bfloat16  # inference: no backward, bf16 throughout
+        trained = layer(x)
+        with torch.no_grad():
+            plain = layer(x)
+    assert trained.dtype == plain.dtype == torch.bfloat16 and trained.shape == plain.shape
+    assert torch.allclose(trained.float(), plain.float(), atol=0.05, rtol=0.02)
+    trained.float().sum().backward()
+    assert layer.conv.weight.grad is not None and torch.isfinite(layer.conv.weight.grad).all()
+    if kind == "depthwise s2":
+        assert seen[0] == torch.float32  # oneDNN's bf16 backward of a strided depthwise conv is slow

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import mobilenets
+from mobilenets.adapt import DataFacts, resolve
 from mobilenets.optim import EpochSchedule, RMSpropTF, build_optimizer, lr_factor, param_groups
 from mobilenets.recipes import RECIPES, get_recipe
 
@@ -66,12 +67,13 @@ def test_scheduler_steps_per_iteration_and_round_trips():
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_builds_its_optimizer(name):
-    r = RECIPES[name]
+    r = resolve(RECIPES[name], DataFacts(train_images=5000, image_size=32, channels=3))
+    assert not r.unresolved
     opt = build_optimizer(mobilenets.create_model("mobilenet_v3_small", width_mult=0.5), r, r.lr)
     assert opt.param_groups[0]["weight_decay"] == r.weight_decay
     assert not math.isnan(lr_factor(r, 0.0))
 
 
 def test_unknown_recipe():
-    with pytest.raises(ValueError, match="unknown recipe 'fast'; known recipes: paper"):
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; known recipes: default, paper"):
         get_recipe("fast")

@@ -42,7 +42,9 @@ def test_train_writes_every_output(fmnist, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "train_images_per_s", "seconds"):
         assert all(isinstance(r[key], float) for r in records), key
-    assert records[-1]["val_images"] == 80
+    assert records[-1]["val_images"] == 26  # a twelfth of the training images; the test set is for the end
+    assert json.loads((out / "test.json").read_text())["count"] == 80
+    assert summary["test"]["top1"] == json.loads((out / "test.json").read_text())["top1"]
     ckpt = load(out / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["class_names"][9] == "Ankle boot"
     assert ckpt["model_args"]["in_chans"] == 1 and ckpt["model_args"]["num_classes"] == 10
@@ -55,7 +57,7 @@ def test_train_writes_every_output(fmnist, tmp_path):
 def test_learns_the_tiny_task(fmnist, tmp_path):
     # The tiny task is "where is the square": a flip would swap classes, so it is off here.
     cfg = make_config("mobilenet_v1", "fashion-mnist", str(tmp_path / "run"), "fashion-mnist",
-                      **{**TINY, "epochs": 6, "ema_decay": 0.0, "flip": False, "erase": 0.0})
+                      **{**TINY, "epochs": 6, "ema_decay": 0.0, "hflip": 0.0, "erase": 0.0})
     summary = train(cfg, quiet=True)
     assert summary["best_val_acc"] > 0.5  # chance is 0.1
 
@@ -135,9 +137,10 @@ def test_ddp_two_processes_agree(fmnist, tmp_path):
     proc = subprocess.run(cmd, env=_env(fmnist), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "weights identical on all 2 processes" in proc.stderr
-    assert "batch 32 x 2 process(es)" in proc.stderr
+    assert "batch 32," in proc.stderr and "; 2 process(es)" in proc.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 2 and records[-1]["val_images"] == 80  # reduced over both shards
+    assert len(records) == 2 and records[-1]["val_images"] == 26  # reduced over both shards
+    assert json.loads((out / "test.json").read_text())["count"] == 80
     assert load(out / "last.pt")["epoch"] == 2
 
 

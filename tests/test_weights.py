@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import mobilenets
-from mobilenets.weights import detect_format
+from mobilenets.weights import adapt_input_conv, detect_format
 
 PEERS = {
     "mobilenet_v1": lambda: timm.create_model("mobilenetv1_100", pretrained=False),
@@ -87,14 +87,15 @@ def test_features_only_loads_classifier_weights(tmp_path):
     [
         (lambda: torchvision.models.mobilenet_v2(), {"name": "mobilenet_v3_large"},
          r"torchvision checkpoint does not fit mobilenet_v3_large"),
-        (lambda: torchvision.models.mobilenet_v2(), {"name": "mobilenet_v2", "num_classes": 10},
-         r"classifier.1.weight is \(1000, 1280\).*\(10, 1280\)"),
+        (lambda: torchvision.models.mobilenet_v2(), {"name": "mobilenet_v2", "in_chans": 4, "width_mult": 0.5},
+         r"torchvision checkpoint does not fit .*: features.0.0.weight is \(32, 3, 3, 3\) in the file, the model's "
+         r"stem.conv.weight needs \(16, 4, 3, 3\)"),
         (lambda: torchvision.models.mobilenet_v2(width_mult=0.5), {"name": "mobilenet_v2"},
          r"features.0.0.weight is \(16, 3, 3, 3\).*\(32, 3, 3, 3\)"),
         (lambda: timm.create_model("mobilenetv1_100"), {"name": "mobilenet_v1_shallow"},
          "timm checkpoint does not fit"),
         (lambda: mobilenets.create_model("mobilenet_v1", width_mult=0.5), {"name": "mobilenet_v1"},
-         r"stem.conv.weight is \(16, 3, 3, 3\) in the file, \(32, 3, 3, 3\)"),
+         r"stem.conv.weight is \(16, 3, 3, 3\) in the file, the model's stem.conv.weight needs \(32, 3, 3, 3\)"),
         (lambda: mobilenets.create_model("mobilenet_v1"), {"name": "mobilenet_v2"},
          r"it has no blocks.0.project.conv.weight"),
     ],
@@ -138,3 +139,40 @@ def test_weights_only_refuses_pickled_objects(tmp_path):
     torch.save({"model": object()}, tmp_path / "w.pt")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         mobilenets.create_model("mobilenet_v1", weights=tmp_path / "w.pt")
+
+
+def test_finetuning_reinitialises_a_classifier_for_other_classes(tmp_path):
+    source = torchvision.models.mobilenet_v2()
+    torch.save(source.state_dict(), tmp_path / "tv.pt")
+    with pytest.warns(UserWarning) as record:
+        model = mobilenets.create_model("mobilenet_v2", num_classes=10, weights=tmp_path / "tv.pt")
+    assert len(record) == 1 and "classifier re-initialised: 1000 -> 10 classes" in str(record[0].message)
+    theirs = list(source.state_dict().values())
+    ours = list(model.state_dict().items())
+    assert all(torch.equal(t, v) for t, (k, v) in zip(theirs, ours) if not k.startswith("classifier"))
+    assert model.classifier.weight.shape == (10, 1280) and model.classifier.weight.abs().max() < 0.1  # fresh init
+    # loading for inference stays strict: the mismatch is an error naming the tensor
+    with pytest.raises(ValueError, match=r"classifier.1.weight is \(1000, 1280\).*needs \(10, 1280\)"):
+        mobilenets.load_weights(mobilenets.create_model("mobilenet_v2", num_classes=10), tmp_path / "tv.pt")
+
+
+def test_grey_stem_from_rgb_sums_the_filters(tmp_path):
+    source = randomize_batchnorm(torchvision.models.mobilenet_v3_small())
+    torch.save(source.state_dict(), tmp_path / "tv.pt")
+    with pytest.warns(UserWarning, match=r"stem adapted: features.0.0.weight from 3 to 1 input channel\(s\) "
+                      r"\(RGB filters summed"):
+        grey = mobilenets.create_model("mobilenet_v3_small", in_chans=1, num_classes=5, weights=tmp_path / "tv.pt")
+    assert torch.allclose(grey.stem.conv.weight, source.features[0][0].weight.sum(1, keepdim=True))
+    x = torch.rand(2, 1, 64, 64)
+    grey.eval()
+    with torch.no_grad():  # a grey image is R = G = B: the same features
+        assert torch.allclose(grey.forward_features(x), source.features(x.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_adapt_input_conv_keeps_the_response():
+    w = torch.randn(8, 3, 3, 3)
+    x = torch.randn(1, 1, 9, 9)
+    assert torch.allclose(torch.conv2d(x, adapt_input_conv(w, 1)), torch.conv2d(x.expand(-1, 3, -1, -1), w),
+                          atol=1e-5)
+    w4 = adapt_input_conv(w, 4)  # more channels: the filters repeated, scaled by 3 / 4 as timm does
+    assert torch.equal(w4, torch.cat([w, w[:, :1]], dim=1) * 0.75)

@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "eval", "top-1, top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (best.pt / last.pt) or a model from `mobilenets export`")
-    p.add_argument("--data", required=True, help="fashion-mnist or an image folder (its val/ part is used)")
+    p.add_argument("--data", required=True,
+                   help="fashion-mnist (its 10,000 test images) or an image folder (its test/ part, else val/)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the predictions for each image and its mirror image")
     p.add_argument("--val-split", type=float, default=None, help="for a folder without val/: held-out fraction")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -139,10 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .recipes import OPTIMIZERS
+
     p.add_argument("--model", required=True, help="model name (see `mobilenets list`)")
     p.add_argument("--data", required=True, help="fashion-mnist, or an image folder (train/ and val/, or --val-split)")
     p.add_argument("--out", required=True, help="output folder for checkpoints, metrics and plots")
-    p.add_argument("--recipe", default="paper", help="paper | torchvision-v2 | torchvision-v3 | fashion-mnist")
+    p.add_argument("--recipe", default="default",
+                   help="default (adapts to the data and the epochs) | paper | torchvision-v2 | torchvision-v3 | "
+                   "fashion-mnist")
+    p.add_argument("--weights", help="start from these weights (mobilenets, torchvision or timm file): fine-tuning; "
+                   "a classifier for another class count is re-initialised")
+    p.add_argument("--freeze-backbone", action="store_true", default=None,
+                   help="with --weights: train the head only (backbone and its BN statistics frozen)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help="with --weights: the backbone's learning rate as a fraction of the head's (e.g. 0.1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
@@ -155,7 +168,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-size", type=int, default=None, help="input side in pixels (rho = size / 224)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="images per process and step")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
+                   help="brings its own defaults (lr, epsilon, weight decay) unless given too")
     g.add_argument("--lr", type=float, default=None, help="learning rate at the recipe's reference batch")
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--warmup-epochs", type=float, default=None)
+    g.add_argument("--hflip", type=float, default=None, metavar="P",
+                   help="horizontal flip probability (0: never, for data where a mirror image is another class)")
+    g.add_argument("--min-crop", type=float, default=None, metavar="F",
+                   help="smallest random crop, as a fraction of the image's area (image folders)")
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--ema-decay", type=float, default=None, help="EMA of weights (0 turns it off)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 / fp16 autocast")
@@ -222,9 +243,17 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     overrides = {
         k: getattr(args, k)
-        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "width_mult", "input_size",
-                  "epochs", "batch_size", "lr", "label_smoothing", "ema_decay", "amp", "channels_last", "compile")
+        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "width_mult",
+                  "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
+                  "label_smoothing", "hflip", "min_crop", "ema_decay", "amp", "channels_last", "compile",
+                  "freeze_backbone", "backbone_lr_scale")
     }
+    if args.weights:
+        from .files import load_torch
+
+        load_torch(args.weights)  # a missing or unreadable file fails now, not after the data is loaded
+    elif args.freeze_backbone or args.backbone_lr_scale is not None:
+        raise CliError("--freeze-backbone and --backbone-lr-scale need --weights FILE (fine-tuning)")
     cfg = make_config(args.model, args.data, args.out, args.recipe, resume=args.resume, **overrides)
     summary = train(cfg, resume=args.resume)
     if summary.get("stopped"):
@@ -234,8 +263,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .data import load_data
-    from .evaluate import evaluate
+    from .evaluate import evaluate_data
     from .export import exported_format, load_exported_model
     from .plots import plot_confusion
     from .predict import load_model
@@ -243,27 +271,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # a file from `mobilenets export` (fp32 or int8) runs in its own runtime, on the CPU
     loaded = load_exported_model(args.checkpoint) if exported_format(args.checkpoint) else load_model(args.checkpoint)
     device = _device(args.device)
-    model = loaded.model.to(device)
-    pre = loaded.preprocess
-    bundle = load_data(args.data, input_size=pre.size, val_split=args.val_split, in_chans=pre.channels)
-    if bundle.class_names != loaded.class_names:
-        raise CliError(f"{args.checkpoint} was trained on classes {loaded.class_names}, "
-                       f"{args.data} has {bundle.class_names}")
-    if not bundle.in_memory:
-        bundle.val.transform = pre.image_transform()
-    from torch.utils.data import DataLoader
-
-    from .data import collate_skipping_none
-    from .distributed import Dist
-
-    loader = DataLoader(bundle.val, batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=collate_skipping_none)
-    result = evaluate(model, loader, pre.batch_transform().to(device), len(loaded.class_names), Dist(device=device))
+    split, result = evaluate_data(loaded.model.to(device), args.data, loaded.preprocess, loaded.class_names,
+                                  val_split=args.val_split, batch_size=args.batch_size, workers=args.workers,
+                                  tta=args.tta, device=device)
     png = Path(args.confusion) if args.confusion else Path(args.checkpoint).with_name("confusion.png")
     plot_confusion(result.confusion, loaded.class_names, png, title=f"{args.checkpoint} on {args.data}")
     if args.json:
-        print(json.dumps({**result.to_dict(loaded.class_names), "confusion_png": str(png)}, indent=2))
+        print(json.dumps({**result.to_dict(loaded.class_names), "split": split, "tta": args.tta,
+                          "confusion_png": str(png)}, indent=2))
     else:
+        print(f"{args.checkpoint} on the {split} split of {args.data}{' with flip TTA' if args.tta else ''}:")
         print(result.format(loaded.class_names))
         print(f"confusion matrix: {png}")
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.transforms import v2
 
+from .adapt import DataFacts
 from .preprocess import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, open_image
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -29,11 +30,14 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # over the 60,000 training images
+FASHION_MNIST_VAL = 5000  # training images held out to choose the best epoch; the test set is kept for the end
 
 
 @dataclass
 class DataBundle:
-    """Train and validation sets with what a model and its checkpoint need to know about them."""
+    """Train, validation and (where there is one) test sets, with what a model and its checkpoint
+    need to know about them. The validation set chooses the best epoch; the test set is kept
+    for one evaluation at the end."""
 
     name: str
     train: Dataset
@@ -44,12 +48,40 @@ class DataBundle:
     std: tuple[float, ...]
     in_memory: bool  # uint8 tensors at native size (augmented per batch) rather than files
     native_size: int | None = None  # side of every image when in memory
+    test: Dataset | None = None
+    image_size: int = 224  # typical shorter side of the images
 
-    def preprocess(self, input_size: int) -> Preprocess:
+    def preprocess(self, input_size: int, eval_crop: float = 0.875) -> Preprocess:
         """How a single image file is read to match this data (used by predict and export)."""
         if self.native_size:
             return Preprocess(self.native_size, self.native_size, self.mean, self.std, input_size)
-        return Preprocess(input_size, round(input_size / 0.875), self.mean, self.std)
+        return Preprocess(input_size, round(input_size / eval_crop), self.mean, self.std)
+
+    def facts(self) -> DataFacts:
+        return DataFacts(len(self.train), self.image_size, self.in_chans)
+
+    def set_transforms(self, train: v2.Transform | None, evaluation: v2.Transform | None) -> None:
+        """Per-image transforms of image files (in-memory data is transformed per batch)."""
+        for dataset, transform in ((self.train, train), (self.val, evaluation), (self.test, evaluation)):
+            while isinstance(dataset, Subset):
+                dataset = dataset.dataset
+            if isinstance(dataset, ImageFiles):
+                dataset.transform = transform
+
+    def eval_split(self) -> tuple[str, Dataset]:
+        """The split a finished model is measured on: test where there is one, else validation."""
+        return ("test", self.test) if self.test is not None else ("val", self.val)
+
+
+def folder_train_transform(input_size: int, min_crop: float, hflip: float, erase: float) -> v2.Compose:
+    """Light augmentation (V1 Sec. 3.2): random resized crops no smaller than ``min_crop``,
+    horizontal flips with probability ``hflip`` (0 for data where a mirror image is another
+    class), random erasing with probability ``erase``."""
+    return v2.Compose([
+        v2.RandomResizedCrop(input_size, scale=(min_crop, 1.0), antialias=True),
+        *([v2.RandomHorizontalFlip(hflip)] if hflip else []),
+        *([v2.RandomErasing(p=erase)] if erase else []),
+    ])
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -105,8 +137,6 @@ class ImageFiles(Dataset):
         self.samples = list(samples)
         self.grey = grey
         self.transform = transform
-        self.min_size: int | None = None  # warn about images below this side
-        self._warned_small = False
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -118,13 +148,6 @@ class ImageFiles(Dataset):
         except (ValueError, FileNotFoundError) as e:
             print(f"warning: {e}; skipped", file=sys.stderr)
             return None
-        if self.min_size and min(img.size) < self.min_size and not self._warned_small:
-            self._warned_small = True
-            print(
-                f"warning: {path} is {img.size[0]}x{img.size[1]}, smaller than the input size {self.min_size}; "
-                "small images are upscaled",
-                file=sys.stderr,
-            )
         x = v2.functional.pil_to_tensor(img)
         return (self.transform(x) if self.transform else x), label
 
@@ -174,28 +197,32 @@ def guess_grey(samples: Sequence[tuple[str, int]], probe: int = 32) -> bool:
     return bool(modes) and all(m in ("L", "1", "I", "I;16", "F", "LA") for m in modes)
 
 
-def load_image_folder(
-    root: Path, *, input_size: int, val_split: float | None, seed: int, in_chans: int | None, min_crop: float,
-    erase: float = 0.0,
-) -> DataBundle:
-    """``root/train`` and ``root/val`` (or ``root`` split by ``val_split``), one sub-folder per class."""
+def typical_size(samples: Sequence[tuple[str, int]], probe: int = 64) -> int:
+    """Median shorter side of the first readable images (headers only, nothing decoded)."""
+    sides = []
+    for path, _ in samples[:probe]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except (UnidentifiedImageError, OSError):
+            continue
+    return int(np.median(sides)) if sides else 224
+
+
+def load_image_folder(root: Path, *, val_split: float | None, seed: int, in_chans: int | None) -> DataBundle:
+    """``root/train`` and ``root/val`` (or ``root`` split by ``val_split``), one sub-folder per
+    class; ``root/test``, if there is one, is kept for the final evaluation."""
     if not root.exists():
         raise FileNotFoundError(f"data folder not found: {root}")
-    # Light augmentation (V1 Sec. 3.2): random resized crops no smaller than min_crop, flips.
-    train_tf = v2.Compose([
-        v2.RandomResizedCrop(input_size, scale=(min_crop, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        *([v2.RandomErasing(p=erase)] if erase else []),
-    ])
+    test_samples = None
     if (root / "train").is_dir():
         classes, train_samples = scan_folder(root / "train")
         val_root = root / "val" if (root / "val").is_dir() else None
         if val_root is None and not val_split:
             raise ValueError(f"{root} has train/ but no val/: add val/ or pass --val-split (e.g. 0.1)")
-        if val_root is not None:
-            val_classes, val_samples = scan_folder(val_root)
-            if val_classes != classes:
-                raise ValueError(f"{root}/train and {root}/val have different classes: {classes} vs {val_classes}")
+        val_samples = _scan_split(root, "val", classes) if val_root is not None else None
+        if (root / "test").is_dir():
+            test_samples = _scan_split(root, "test", classes)
     else:
         classes, train_samples = scan_folder(root)
         val_samples = None
@@ -212,60 +239,63 @@ def load_image_folder(
     grey = guess_grey(train_samples) if in_chans is None else in_chans == 1
     if in_chans not in (None, 1, 3):
         raise ValueError(f"image folders give 1 (grey) or 3 (colour) channels, not --in-chans {in_chans}")
-    train = ImageFiles(train_samples, grey, train_tf)
-    train.min_size = input_size
-    bundle = DataBundle(
+    return DataBundle(
         name=str(root),
-        train=train,
+        train=ImageFiles(train_samples, grey),
         val=ImageFiles(val_samples, grey),
+        test=ImageFiles(test_samples, grey) if test_samples else None,
         class_names=classes,
         in_chans=1 if grey else 3,
         mean=GREY_MEAN if grey else IMAGENET_MEAN,
         std=GREY_STD if grey else IMAGENET_STD,
         in_memory=False,
+        image_size=typical_size(train_samples),
     )
-    bundle.val.transform = bundle.preprocess(input_size).image_transform()
-    return bundle
+
+
+def _scan_split(root: Path, split: str, classes: list[str]) -> list[tuple[str, int]]:
+    split_classes, samples = scan_folder(root / split)
+    if split_classes != classes:
+        raise ValueError(f"{root}/train and {root}/{split} have different classes: {classes} vs {split_classes}")
+    return samples
 
 
 def load_data(
     data: str,
     *,
-    input_size: int,
     val_split: float | None = None,
     seed: int = 0,
     in_chans: int | None = None,
-    min_crop: float = 0.25,
-    erase: float = 0.0,
     subset: int | None = None,
 ) -> DataBundle:
     """``data`` is ``fashion-mnist`` or the path of an image folder.
 
-    Fashion-MNIST validates on its 10,000 test images (the benchmark's number), unless
-    ``val_split`` holds out part of the training set instead. ``subset`` keeps the first N
-    training and N // 6 validation images (for quick runs and tests).
+    Fashion-MNIST holds out 5,000 of its 60,000 training images for validation (or the
+    fraction ``val_split``) and keeps its 10,000 test images for the end. ``subset`` keeps the
+    first N training and N // 6 validation and test images (for quick runs and tests). Image
+    files get their transforms from ``DataBundle.set_transforms``.
     """
     if data == "fashion-mnist":
-        train = load_fashion_mnist("train")
-        if val_split:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-            n_val = round(len(train) * val_split)
-            train, val = Subset(train, order[n_val:].tolist()), Subset(train, order[:n_val].tolist())
-        else:
-            val = load_fashion_mnist("test")
         if in_chans not in (None, 1):
             raise ValueError("Fashion-MNIST is grey: it has 1 channel")
+        train = load_fashion_mnist("train")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        if val_split is not None and not 0 < val_split < 1:
+            raise ValueError(f"--val-split must be between 0 and 1, got {val_split}")
+        n_val = round(len(train) * val_split) if val_split else min(FASHION_MNIST_VAL, len(train) // 12)
         bundle = DataBundle(
-            "fashion-mnist", train, val, FASHION_MNIST_CLASSES, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD, True, 28
+            "fashion-mnist", Subset(train, order[n_val:].tolist()), Subset(train, order[:n_val].tolist()),
+            FASHION_MNIST_CLASSES, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD, True, 28,
+            test=load_fashion_mnist("test"), image_size=28,
         )
     else:
-        bundle = load_image_folder(
-            Path(data), input_size=input_size, val_split=val_split, seed=seed, in_chans=in_chans, min_crop=min_crop,
-            erase=erase,
-        )
+        bundle = load_image_folder(Path(data), val_split=val_split, seed=seed, in_chans=in_chans)
     if subset:
         bundle.train = Subset(bundle.train, range(min(subset, len(bundle.train))))
-        bundle.val = Subset(bundle.val, range(min(max(subset // 6, 1), len(bundle.val))))
+        n_eval = max(subset // 6, 1)
+        bundle.val = Subset(bundle.val, range(min(n_eval, len(bundle.val))))
+        if bundle.test is not None:
+            bundle.test = Subset(bundle.test, range(min(n_eval, len(bundle.test))))
     return bundle
 
 
@@ -276,42 +306,44 @@ class BatchAugment(torch.nn.Module):
     """Per-image random translation, horizontal flip and random erasing on a whole uint8 batch.
 
     For in-memory datasets of small images (Fashion-MNIST): the same augmentations torchvision's
-    RandomCrop(padding), RandomHorizontalFlip and RandomErasing give, drawn independently for
-    every image but computed for the batch at once, so augmentation costs microseconds.
+    RandomCrop(padding), RandomHorizontalFlip(p) and RandomErasing give, drawn independently for
+    every image but computed for the batch at once (on the batch's device), so augmentation
+    costs microseconds.
     """
 
-    def __init__(self, pad: int = 0, flip: bool = False, erase: float = 0.0) -> None:
+    def __init__(self, pad: int = 0, hflip: float = 0.0, erase: float = 0.0) -> None:
         super().__init__()
-        self.pad, self.flip, self.erase = pad, flip, erase
+        self.pad, self.hflip, self.erase = pad, hflip, erase
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
+        dev = x.device
         if self.pad:
             p = self.pad
             padded = torch.nn.functional.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (n, 1, 1))
-            dx = torch.randint(0, 2 * p + 1, (n, 1, 1))
-            rows = (dy + torch.arange(h).view(1, h, 1)).expand(n, h, w)
-            cols = (dx + torch.arange(w).view(1, 1, w)).expand(n, h, w)
-            x = padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
-        if self.flip:
-            x = torch.where(torch.rand(n, 1, 1, 1) < 0.5, x.flip(-1), x)
+            dy = torch.randint(0, 2 * p + 1, (n, 1, 1), device=dev)
+            dx = torch.randint(0, 2 * p + 1, (n, 1, 1), device=dev)
+            rows = (dy + torch.arange(h, device=dev).view(1, h, 1)).expand(n, h, w)
+            cols = (dx + torch.arange(w, device=dev).view(1, 1, w)).expand(n, h, w)
+            x = padded[torch.arange(n, device=dev).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+        if self.hflip:
+            x = torch.where(torch.rand(n, 1, 1, 1, device=dev) < self.hflip, x.flip(-1), x)
         if self.erase:
-            x = x.masked_fill(self._erase_mask(n, h, w), 0)
+            x = x.masked_fill(self._erase_mask(n, h, w, dev), 0)
         return x.contiguous()
 
-    def _erase_mask(self, n: int, h: int, w: int) -> Tensor:
+    def _erase_mask(self, n: int, h: int, w: int, dev: torch.device) -> Tensor:
         # RandomErasing's defaults: area 2-33 % of the image, aspect ratio 0.3-3.3, probability p
-        area = torch.empty(n).uniform_(0.02, 0.33) * h * w
-        ratio = torch.exp(torch.empty(n).uniform_(np.log(0.3), np.log(1 / 0.3)))
+        area = torch.empty(n, device=dev).uniform_(0.02, 0.33) * h * w
+        ratio = torch.exp(torch.empty(n, device=dev).uniform_(np.log(0.3), np.log(1 / 0.3)))
         eh = (area * ratio).sqrt().round().clamp(1, h).long()
         ew = (area / ratio).sqrt().round().clamp(1, w).long()
-        top = (torch.rand(n) * (h - eh + 1)).long()
-        left = (torch.rand(n) * (w - ew + 1)).long()
-        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        top = (torch.rand(n, device=dev) * (h - eh + 1)).long()
+        left = (torch.rand(n, device=dev) * (w - ew + 1)).long()
+        ys, xs = torch.arange(h, device=dev).view(1, h, 1), torch.arange(w, device=dev).view(1, 1, w)
         box = (
             (ys >= top.view(n, 1, 1)) & (ys < (top + eh).view(n, 1, 1))
             & (xs >= left.view(n, 1, 1)) & (xs < (left + ew).view(n, 1, 1))
         )
-        on = torch.rand(n) < self.erase
+        on = torch.rand(n, device=dev) < self.erase
         return (box & on.view(n, 1, 1)).unsqueeze(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -30,10 +31,11 @@ def activation(name: str | None) -> nn.Module:
     """The activation module for a spec name; ``None`` means linear (identity)."""
     if name is None:
         return nn.Identity()
-    try:
-        return ACTIVATIONS[name](inplace=True)
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    # In place only for ReLU: autograd differentiates ReLU6 / h-swish / h-sigmoid through their
+    # input, so their in-place forms make it keep a copy of it (an extra pass over the map).
+    return ACTIVATIONS[name](inplace=name == "relu")
 
 
 class ConvBNAct(nn.Module):
@@ -60,13 +62,31 @@ class ConvBNAct(nn.Module):
         self.depthwise = groups > 1 and groups == in_ch
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.depthwise and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
-            # Training under CPU bf16 autocast: keep depthwise convolutions in float32. They hold
-            # ~3 % of the mult-adds (V1 Table 2), so bf16 saves little, and oneDNN's bf16 backward
-            # of a strided depthwise convolution is several times slower than the float32 one.
-            with torch.autocast("cpu", enabled=False):
-                return self.act(self.bn(self.conv(x.float())))
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+            return self.act(self.bn(self._conv_for_cpu_bf16_training(x)))
         return self.act(self.bn(self.conv(x)))
+
+    def _conv_for_cpu_bf16_training(self, x: Tensor) -> Tensor:
+        """The same convolution, computed the way oneDNN trains fastest under CPU bf16 autocast.
+
+        Measured fwd + bwd on AMX (benchmarks/train_throughput.py, docs/results.md): oneDNN's bf16
+        1x1 convolution backward is 1.3x to 7x slower than the equivalent GEMM, most on small
+        maps, so a pointwise layer on channels-last input runs as ``linear`` over the channels;
+        its bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2, so those run in
+        fp32 (depthwise layers hold ~3 % of the mult-adds, V1 Table 2), and 4x slower on maps
+        below 4x4 unless the input is padded explicitly.
+        """
+        conv = self.conv
+        if conv.kernel_size == (1, 1) and conv.groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
+            y = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+            return y.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last, no copy
+        if self.depthwise and conv.stride != (1, 1):
+            with torch.autocast("cpu", enabled=False):  # back to bf16 so that BN reads half the bytes
+                return conv(x.float()).to(torch.get_autocast_dtype("cpu"))
+        if self.depthwise and min(x.shape[-2:]) < 4:  # padded beforehand, the map is no longer tiny
+            p = conv.padding[0]
+            return F.conv2d(F.pad(x, (p, p, p, p)), conv.weight, None, 1, 0, 1, conv.groups)
+        return conv(x)
 
 
 class SqueezeExcite(nn.Module):
@@ -81,7 +101,7 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, squeeze, 1)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.gate = nn.Hardsigmoid(inplace=True)
+        self.gate = nn.Hardsigmoid()  # out of place: see activation()
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))

@@ -52,10 +52,9 @@ def calibration_batches(
     root = Path(data)
     # A folder without train/ and val/ needs a split to load; calibration uses the training part.
     split = None if data == "fashion-mnist" or ((root / "train").is_dir() and (root / "val").is_dir()) else 0.1
-    bundle = load_data(data, input_size=preprocess.size, val_split=split, seed=seed, in_chans=preprocess.channels)
+    bundle = load_data(data, val_split=split, seed=seed, in_chans=preprocess.channels)
+    bundle.set_transforms(preprocess.image_transform(), None)  # no augmentation: what the model sees at inference
     train = bundle.train
-    if not bundle.in_memory:
-        train.transform = preprocess.image_transform()
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size].tolist()
     prepare = preprocess.batch_transform()
     batches = []

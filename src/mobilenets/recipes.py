@@ -1,12 +1,41 @@
 """Named training recipes: every hyper-parameter of a run in one frozen record.
 
-A recipe's values are defaults; the ``train`` command's options override them.
+A recipe's values are defaults; the ``train`` command's options override them. Fields left
+``None`` (``AUTO``) are decided from the data and the run's length by ``adapt.resolve`` before
+training starts; the resolved recipe is what a checkpoint stores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+
+AUTO = None  # a field the default recipe decides from the data (adapt.py)
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """What an optimizer brings when a run asks for it: learning rate (at ``lr_batch``) and its constants."""
+
+    lr: float
+    lr_batch: int
+    weight_decay: float
+    momentum: float = 0.9
+    rms_decay: float = 0.9
+    eps: float = 1e-8
+
+
+OPTIMIZERS: dict[str, OptimizerDefaults] = {
+    # SGD with Nesterov momentum; lr 0.4 per 256 with warm-up, cosine decay and label smoothing
+    "sgd": OptimizerDefaults(lr=0.4, lr_batch=256, weight_decay=5e-5),
+    # decoupled weight decay as in Loshchilov & Hutter; 0.05 as timm's AdamW recipes
+    "adamw": OptimizerDefaults(lr=2e-3, lr_batch=256, weight_decay=0.05),
+    # TF-Slim's RMSprop as the MobileNet V1 paper trained it (Sec. 3.2): eps 1.0, lr 0.045 per 32
+    "rmsprop_tf": OptimizerDefaults(lr=0.045, lr_batch=32, weight_decay=4e-5, eps=1.0),
+    # torch RMSprop as torchvision's MobileNetV3 reference: eps 0.0316, lr 0.064 per 1024
+    "rmsprop": OptimizerDefaults(lr=0.064, lr_batch=1024, weight_decay=1e-5, eps=0.0316),
+}
 
 
 @dataclass(frozen=True)
@@ -14,10 +43,10 @@ class Recipe:
     name: str
     about: str
     epochs: int
-    batch_size: int
-    input_size: int
-    optimizer: str  # "rmsprop_tf" | "rmsprop" | "sgd" | "adamw"
-    lr: float  # at ``lr_batch`` images per step; scaled linearly with the global batch
+    batch_size: int | None  # AUTO: from the training set's size
+    input_size: int | None  # AUTO: from the images' size
+    optimizer: str  # one of OPTIMIZERS
+    lr: float | None  # at ``lr_batch`` images per step, scaled linearly with the global batch; AUTO: optimizer's
     lr_batch: int = 256
     momentum: float = 0.9
     rms_decay: float = 0.9
@@ -27,27 +56,86 @@ class Recipe:
     schedule: str = "step"  # "step" (x decay_rate every decay_epochs) | "cosine"
     decay_rate: float = 0.94
     decay_epochs: float = 2.0
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | None = 0.0  # AUTO: a tenth of the run, 1 to 5 epochs
     label_smoothing: float = 0.0
     width_mult: float = 1.0
     dropout: float | None = None
     # augmentation: image folders use random resized crops (no smaller than min_crop of the
-    # image) and flips; in-memory data (Fashion-MNIST) uses translation by up to pad pixels,
-    # flips and random erasing with probability erase.
-    min_crop: float = 0.25
-    pad: int = 0
-    flip: bool = True
+    # image, aspect 3/4 to 4/3); in-memory data (Fashion-MNIST) uses translation by up to pad
+    # pixels. Both flip horizontally with probability hflip (0: never, for data where a mirror
+    # image is another class) and erase a random rectangle with probability erase.
+    min_crop: float | None = 0.25  # AUTO: milder for small images
+    pad: int | None = 0  # AUTO: a twelfth of a small image's side
+    hflip: float = 0.5
     erase: float = 0.0
-    ema_decay: float = 0.0  # 0 turns the exponential moving average of weights off
+    eval_crop: float | None = 0.875  # centre crop of the evaluation transform (ImageNet's 224 / 256); AUTO
+    ema_decay: float | None = 0.0  # 0 turns the exponential moving average of weights off; AUTO: follows the steps
     amp: bool = False  # bf16 autocast (CPU with native bf16, or CUDA); fp16 + scaler on older GPUs
     channels_last: bool = True
     compile: bool = False
+    # fine-tuning (with ``--weights``): train the head only, or the backbone at a fraction of the lr
+    freeze_backbone: bool = False
+    backbone_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        get_optimizer_defaults(self.optimizer)
+        ranges = {  # field: (low, high, low included); None values are AUTO
+            "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True), "input_size": (1, math.inf, True),
+            "lr": (0, math.inf, False), "weight_decay": (0, math.inf, True), "warmup_epochs": (0, math.inf, True),
+            "label_smoothing": (0, 1, True), "hflip": (0, 1, True), "min_crop": (0, 1, False),
+            "erase": (0, 1, True), "eval_crop": (0, 1, False), "ema_decay": (0, 1, True), "pad": (0, math.inf, True),
+            "backbone_lr_scale": (0, math.inf, False),
+        }
+        for name, (low, high, closed) in ranges.items():
+            value = getattr(self, name)
+            if value is not None and not (low <= value <= high and (closed or value > low)):
+                interval = f"{'[' if closed else '('}{low:g}, {high:g}]".replace("inf]", "inf)")
+                raise ValueError(f"{name.replace('_', '-')} must be in {interval}, got {value!r}")
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def with_optimizer(self, name: str) -> Recipe:
+        """This recipe with another optimizer and that optimizer's own defaults (lr, eps, decay...)."""
+        defaults = get_optimizer_defaults(name)
+        return dataclasses.replace(self, optimizer=name, **dataclasses.asdict(defaults))
+
+    @property
+    def unresolved(self) -> list[str]:
+        """The fields still to be decided from the data."""
+        return [name for name in AUTO_FIELDS if getattr(self, name) is None]
+
+
+AUTO_FIELDS = ("batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad", "eval_crop", "ema_decay")
+
+
+def get_optimizer_defaults(name: str) -> OptimizerDefaults:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
 
 RECIPES: dict[str, Recipe] = {
+    "default": Recipe(
+        name="default",
+        about="adapts to the run: SGD Nesterov, warm-up then cosine to zero over the epochs asked for, batch and "
+        "lr from the training set's size, EMA over the last tenth of the steps, label smoothing 0.1, input size, "
+        "crops and evaluation crop from the images' size, bf16 autocast where the hardware has it",
+        epochs=30,
+        batch_size=AUTO,
+        input_size=AUTO,
+        optimizer="sgd",
+        lr=AUTO,
+        weight_decay=OPTIMIZERS["sgd"].weight_decay,
+        schedule="cosine",
+        warmup_epochs=AUTO,
+        label_smoothing=0.1,
+        min_crop=AUTO,
+        pad=AUTO,
+        eval_crop=AUTO,
+        ema_decay=AUTO,
+        amp=True,
+    ),
     "paper": Recipe(
         name="paper",
         about="MobileNet V1 Sec. 3.2 / Inception V3: RMSprop (decay 0.9, momentum 0.9, eps 1.0), "
@@ -117,7 +205,6 @@ RECIPES: dict[str, Recipe] = {
         warmup_epochs=1.0,
         label_smoothing=0.1,
         pad=2,
-        flip=True,
         erase=0.25,
         ema_decay=0.999,
         amp=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -13,7 +14,7 @@ from . import specs
 from .layers import ACTIVATIONS
 from .model import FeatureExtractor, MobileNet
 from .specs import Bottleneck, ModelSpec, Separable
-from .weights import load_weights
+from .weights import load_pretrained
 
 MODELS: dict[str, ModelSpec] = {
     "mobilenet_v1": specs.MOBILENET_V1,
@@ -73,7 +74,9 @@ def create_model(
         dropout: dropout before the classifier; ``None`` keeps the model's default
             (V1: 0, V2 and V3: 0.2).
         act: activation of the V1 and V2 layers, ``"relu6"`` (default) or ``"relu"``.
-        weights: path to a state dict saved by this package, torchvision or timm.
+        weights: path to a state dict saved by this package, torchvision or timm. Everything
+            is loaded but a classifier for another ``num_classes`` (re-initialised) and a stem
+            for another ``in_chans`` (RGB filters summed for grey input); one warning says so.
         features_only: return a backbone whose forward gives the maps at strides 4, 8, 16, 32.
 
     The input resolution is not an argument: any input of at least 32x32 works, and the
@@ -87,7 +90,9 @@ def create_model(
     )
     model.args = args
     if weights is not None:
-        load_weights(model, weights)
+        notes = load_pretrained(model, weights)
+        if notes:  # one warning, whatever had to be adapted
+            warnings.warn(f"{weights}: " + "; ".join(notes), stacklevel=2)
     return FeatureExtractor(model) if features_only else model
 
 

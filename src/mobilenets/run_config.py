@@ -31,13 +31,17 @@ class TrainConfig:
     in_chans: int | None = None
     workers: int = 0
     subset: int | None = None  # first N training images only (quick runs, tests)
+    weights: str | None = None  # start from these weights (fine-tuning) instead of from scratch
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{**d, "recipe": Recipe(**d["recipe"])})
+        recipe = dict(d["recipe"])
+        if "flip" in recipe:  # checkpoints written before flips became a probability
+            recipe["hflip"] = 0.5 if recipe.pop("flip") else 0.0
+        return cls(**{**d, "recipe": Recipe(**recipe)})
 
 
 # These may change when a run is resumed; everything else must match the checkpoint.
@@ -45,12 +49,13 @@ RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "out")
 
 
 def make_config(
-    model: str, data: str, out: str, recipe: str = "paper", *, resume: bool = False, **overrides: Any
+    model: str, data: str, out: str, recipe: str = "default", *, resume: bool = False, **overrides: Any
 ) -> TrainConfig:
     """Build a run's config from a recipe and overrides (``None`` keeps the recipe's value).
 
-    With ``resume`` the config comes from ``out/last.pt``; overrides may only extend the
-    epochs or change device and workers.
+    Another ``optimizer`` brings its own defaults (learning rate, epsilon, weight decay...),
+    which the other overrides may then change. With ``resume`` the config comes from
+    ``out/last.pt``; overrides may only extend the epochs or change device and workers.
     """
     recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
     recipe_overrides = {k: v for k, v in overrides.items() if k in recipe_fields}
@@ -71,6 +76,9 @@ def make_config(
         recipe = saved.recipe.replace(epochs=overrides.get("epochs"))
         return dataclasses.replace(saved, out=out, recipe=recipe, **changes)
     base = get_recipe(recipe)
+    optimizer = recipe_overrides.pop("optimizer", None)
+    if optimizer is not None and optimizer != base.optimizer:
+        base = base.with_optimizer(optimizer)
     return TrainConfig(model=model, data=data, out=out, recipe=base.replace(**recipe_overrides), **run_overrides)
 
 

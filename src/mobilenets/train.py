@@ -8,6 +8,7 @@ epoch boundary repeats the uninterrupted run exactly (on CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -20,18 +21,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from . import distributed
-from .data import BatchAugment, DataBundle, collate_skipping_none, load_data
+from .adapt import describe, resolve
+from .data import BatchAugment, DataBundle, collate_skipping_none, folder_train_transform, load_data
 from .evaluate import EvalResult, evaluate
 from .files import atomic_write, save_torch
+from .finetune import freeze_backbone, train_mode
 from .optim import EpochSchedule, build_optimizer
 from .plots import plot_curves
 from .precision import amp_dtype, autocast
 from .registry import create_model
 from .run_config import CHECKPOINT_FORMAT, TrainConfig, TrainingError, read_train_checkpoint
+from .weights import load_pretrained
 
 
 def ema_with_warmup(decay: float):
@@ -85,28 +89,36 @@ class Trainer:
     """One training run. ``run()`` trains from scratch or from ``last.pt`` and returns the summary."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
-        self.cfg, self.recipe, self.quiet = cfg, cfg.recipe, quiet
+        self.quiet = quiet
         self.out = Path(cfg.out)
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         if not resume and (self.out / "last.pt").exists():
             raise TrainingError(f"{self.out} already holds a run (last.pt): pass --resume to continue it, "
                                 "or choose another --out")
-        self.data: DataBundle = load_data(
-            cfg.data, input_size=self.recipe.input_size, val_split=cfg.val_split, seed=cfg.seed,
-            in_chans=cfg.in_chans, min_crop=self.recipe.min_crop, erase=self.recipe.erase, subset=cfg.subset,
-        )
+        if cfg.recipe.freeze_backbone and not cfg.weights:
+            raise TrainingError("--freeze-backbone needs --weights FILE: a backbone trained from scratch would "
+                                "stay at its random initialisation")
+        self.data: DataBundle = load_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, in_chans=cfg.in_chans,
+                                          subset=cfg.subset)
+        # the default recipe decides what it left AUTO from the data; a resumed run is already resolved
+        self.cfg = dataclasses.replace(cfg, recipe=resolve(cfg.recipe, self.data.facts(), self.dist.world_size))
+        self.recipe = r = self.cfg.recipe
+        self.preprocess = self.data.preprocess(r.input_size, r.eval_crop)
+        self.data.set_transforms(folder_train_transform(r.input_size, r.min_crop, r.hflip, r.erase),
+                                 self.preprocess.image_transform())
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = create_model(
-            cfg.model, width_mult=self.recipe.width_mult, num_classes=len(self.data.class_names),
-            in_chans=self.data.in_chans, dropout=self.recipe.dropout,
-        )
+        self.model = create_model(cfg.model, width_mult=r.width_mult, num_classes=len(self.data.class_names),
+                                  in_chans=self.data.in_chans, dropout=r.dropout)
+        self.notes = load_pretrained(self.model, cfg.weights) if cfg.weights and not resume else []
+        if r.freeze_backbone:
+            freeze_backbone(self.model)
         self.model_args = self.model.args
-        self.memory_format = torch.channels_last if self.recipe.channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if r.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
         self.ema = (
-            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(self.recipe.ema_decay), use_buffers=True)
-            if self.recipe.ema_decay else None
+            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(r.ema_decay), use_buffers=True)
+            if r.ema_decay else None
         )
         self.history: list[dict] = []
         self.epoch, self.step_in_epoch, self.best_acc = 0, 0, -1.0
@@ -118,10 +130,8 @@ class Trainer:
         self.scheduler = EpochSchedule(self.optimizer, self.recipe, self.steps_per_epoch)
         self.amp_dtype = amp_dtype(self.device, self.recipe.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.preprocess = self.data.preprocess(self.recipe.input_size)
-        self.prepare = self.preprocess.batch_transform(self.recipe.channels_last).to(self.device)
-        r = self.recipe
-        self.augment = BatchAugment(r.pad, r.flip, r.erase) if self.data.in_memory else None
+        self.prepare = self.preprocess.batch_transform(r.channels_last).to(self.device)
+        self.augment = BatchAugment(r.pad, r.hflip, r.erase) if self.data.in_memory else None
         if resume:
             self._load(self.out / "last.pt")
         self.net: nn.Module = self.model
@@ -152,10 +162,6 @@ class Trainer:
             collate_fn=collate_skipping_none, persistent_workers=False, pin_memory=self.device.type == "cuda",
         )
 
-    def _val_batches(self) -> DataLoader:
-        shard = Subset(self.data.val, range(self.dist.rank, len(self.data.val), self.dist.world_size))
-        return DataLoader(shard, batch_size=max(self.recipe.batch_size, 256), num_workers=self.cfg.workers,
-                          collate_fn=collate_skipping_none)
 
     # ------------------------------------------------------------------ steps
 
@@ -228,13 +234,33 @@ class Trainer:
             "train_seconds": sums["seconds"],
         }
 
-    def evaluate(self) -> EvalResult:
-        model = self.ema.module if self.ema is not None else self.model
+    def evaluate(self, model: nn.Module | None = None, dataset: Dataset | None = None) -> EvalResult:
+        """Accuracy of the evaluated weights (EMA, else the model) on the validation set."""
+        model = model or (self.ema.module if self.ema is not None else self.model)
+        shard = Subset(dataset or self.data.val, range(self.dist.rank, len(dataset or self.data.val),
+                                                        self.dist.world_size))
+        batches = DataLoader(shard, batch_size=max(self.recipe.batch_size, 256), num_workers=self.cfg.workers,
+                             collate_fn=collate_skipping_none)
         model.eval()
         try:
-            return evaluate(model, self._val_batches(), self.prepare, len(self.data.class_names), self.dist)
+            return evaluate(model, batches, self.prepare, len(self.data.class_names), self.dist)
         finally:
-            model.train()
+            train_mode(model, self.recipe.freeze_backbone)
+
+    def _final_test(self) -> dict:
+        """The best epoch's weights on the test set, once, at the end (the validation set chose them)."""
+        self.dist.barrier()  # rank 0 has written best.pt
+        model = create_model(**self.model_args.to_dict())
+        model.load_state_dict(read_train_checkpoint(self.out / "best.pt")["model"])
+        model.to(self.device, memory_format=self.memory_format)
+        result = self.evaluate(model, self.data.test)
+        test = {"top1": result.top1, "top5": result.top5, "loss": result.loss, "count": result.count,
+                "epoch": max(self.history, key=lambda h: h["val_acc"])["epoch"]}
+        if self.dist.is_main:
+            atomic_write(self.out / "test.json", lambda p: p.write_text(json.dumps(test, indent=2) + "\n"))
+            self._say(f"test: top-1 {100 * result.top1:.2f} %, top-5 {100 * result.top5:.2f} % on {result.count:,} "
+                      f"images (best epoch {test['epoch']}'s weights, evaluated once; {self.out / 'test.json'})")
+        return test
 
     # ------------------------------------------------------------------ run
 
@@ -245,7 +271,10 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
             self._say(self._banner())
-        self.model.train()
+            for note in self.notes:
+                self._say(note)
+        train_mode(self.model, self.recipe.freeze_backbone)
+        test = None
         try:
             with StopFlag() as stop:
                 while self.epoch < self.recipe.epochs:
@@ -262,6 +291,8 @@ class Trainer:
                     result = self.evaluate()
                     self._end_epoch(stats, result, stats["train_seconds"] + time.perf_counter() - eval_start)
             self._check_replicas()
+            if self.data.test is not None and self.history:
+                test = self._final_test()
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -273,6 +304,7 @@ class Trainer:
             "best_epoch": best.get("epoch"),
             "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
             "seconds": sum(h["seconds"] for h in self.history),
+            "test": test,
             "out": str(self.out),
         }
         self._say(f"done: best val acc {100 * summary['best_val_acc']:.2f} % (epoch {summary['best_epoch']}), "
@@ -391,13 +423,16 @@ class Trainer:
     def _banner(self) -> str:
         r = self.recipe
         n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        test = f" / {len(self.data.test):,} test" if self.data.test is not None else ""
         return (
-            f"training {self.cfg.model} x{r.width_mult:g} ({n_params:,} params) at {r.input_size}x{r.input_size} "
-            f"on {self.data.name}: {len(self.data.train):,} train / {len(self.data.val):,} val images, "
+            f"training {self.cfg.model} x{r.width_mult:g} ({n_params:,} params"
+            f"{f', {n_train:,} trained' if n_train < n_params else ''}) "
+            f"{'from ' + self.cfg.weights if self.cfg.weights else 'from scratch'} "
+            f"on {self.data.name}: {len(self.data.train):,} train / {len(self.data.val):,} val{test} images, "
             f"{len(self.data.class_names)} classes, {self.data.in_chans} channel(s)\n"
-            f"recipe {r.name}: {r.epochs} epochs, batch {r.batch_size} x {self.dist.world_size} process(es), "
-            f"{r.optimizer} lr {self.optimizer.param_groups[0]['initial_lr']:.4g}, {r.schedule} schedule"
-            f"{', EMA ' + str(r.ema_decay) if r.ema_decay else ''}"
+            f"recipe {r.name}: {describe(r, self.data.in_memory)}; {self.dist.world_size} process(es), "
+            f"lr {self.optimizer.param_groups[0]['initial_lr']:.4g} at the global batch"
             f"{', ' + str(self.amp_dtype).removeprefix('torch.') + ' autocast' if self.amp_dtype else ''}"
             f"{', channels_last' if r.channels_last else ''}; device {self.device}; output {self.out}"
         )

@@ -51,48 +51,101 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
                      "torchvision or timm")
 
 
-def convert_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Return ``state_dict`` with ``model``'s keys, checking every shape on the way."""
+STEM_KEY = "stem.conv.weight"
+CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Tensor], model: nn.Module, *, finetune: bool = False
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Return ``state_dict`` with ``model``'s keys, checking every shape on the way, and notes.
+
+    With ``finetune`` two mismatches are adapted instead of refused, each with a note: a
+    classifier for another number of classes is left out (the model keeps its freshly
+    initialised one), and a stem for another number of input channels is adapted
+    (``adapt_input_conv``). Any other mismatch fails with the tensor named.
+    """
+    converted, notes = {}, []
+    fmt, pairs = _pairs(state_dict, model)
+    for src_key, src, key, tensor in pairs:
+        if finetune and src.shape != tensor.shape:
+            if key in CLASSIFIER_KEYS and src.shape[1:] == tensor.shape[1:]:
+                if key == CLASSIFIER_KEYS[0]:
+                    notes.append(f"classifier re-initialised: {src.shape[0]} -> {tensor.shape[0]} classes")
+                continue
+            if key == STEM_KEY and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]:
+                src = adapt_input_conv(src, tensor.shape[1])
+                how = "RGB filters summed" if tensor.shape[1] == 1 else "filters repeated and rescaled"
+                notes.append(f"stem adapted: {src_key} from {tuple(state_dict[src_key].shape)[1]} to "
+                             f"{tensor.shape[1]} input channel(s) ({how}, as timm does)")
+        if src.shape != tensor.shape:
+            raise ValueError(
+                f"{fmt} checkpoint does not fit {_describe(model)}: {src_key} is {_shape(src)} in the file, "
+                f"the model's {key} needs {_shape(tensor)}"
+            )
+        converted[key] = src
+    return converted, notes
+
+
+def _pairs(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[str, list[tuple[str, Tensor, str, Tensor]]]:
+    """The file's format and its (file key, file tensor, model key, model tensor) pairs: by name
+    for this package's files, by position for torchvision's and timm's (same layer order)."""
     fmt = detect_format(state_dict)
     target = model.state_dict()
     what = _describe(model)
     if fmt == "mobilenets":
-        for key, tensor in target.items():
-            if key not in state_dict:
-                raise ValueError(f"checkpoint does not fit {what}: it has no {key} {_shape(tensor)}")
-            if state_dict[key].shape != tensor.shape:
-                raise ValueError(
-                    f"checkpoint does not fit {what}: {key} is {_shape(state_dict[key])} in the file, "
-                    f"{_shape(tensor)} in the model"
-                )
+        missing = [k for k in target if k not in state_dict]
+        if missing:
+            raise ValueError(f"checkpoint does not fit {what}: it has no {missing[0]} {_shape(target[missing[0]])}")
         extra = [k for k in state_dict if k not in target]
         if extra:
             raise ValueError(f"checkpoint does not fit {what}: unexpected key {extra[0]}")
-        return dict(state_dict)
+        return fmt, [(k, state_dict[k], k, t) for k, t in target.items()]
     source = list(state_dict.items())
-    for (src_key, src), (key, tensor) in zip(source, target.items()):
-        if src.shape != tensor.shape:
-            raise ValueError(
-                f"{fmt} checkpoint does not fit {what}: {src_key} is {_shape(src)}, "
-                f"the model's {key} needs {_shape(tensor)}"
-            )
     if len(source) != len(target):
         extra = source[len(target)][0] if len(source) > len(target) else list(target)[len(source)]
         raise ValueError(
             f"{fmt} checkpoint does not fit {what}: {len(source)} tensors in the file, {len(target)} in the "
             f"model (first unmatched: {extra})"
         )
-    return {key: src for (_, src), key in zip(source, target)}
+    return fmt, [(sk, st, k, t) for (sk, st), (k, t) in zip(source, target.items())]
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """A first-layer filter bank for ``in_chans`` input channels from one for another count.
+
+    Grey from RGB sums the colour filters (a grey image is R = G = B, so the response is the
+    same); otherwise the filters are repeated and scaled to keep the response's magnitude, as
+    timm's ``adapt_input_conv`` does.
+    """
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load a weights file of any supported format into ``model``; return the whole checkpoint."""
     checkpoint = read_checkpoint(path)
     try:
-        model.load_state_dict(convert_state_dict(checkpoint["model"], model))
+        model.load_state_dict(convert_state_dict(checkpoint["model"], model)[0])
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return checkpoint
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Start ``model`` from a weights file for fine-tuning; return what had to be adapted.
+
+    Everything is loaded but a classifier for another class count (re-initialised) and a stem
+    for another channel count (adapted); see ``convert_state_dict``.
+    """
+    try:
+        converted, notes = convert_state_dict(read_checkpoint(path)["model"], model, finetune=True)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    model.load_state_dict(converted, strict=False)
+    return notes
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, **extra: Any) -> None:

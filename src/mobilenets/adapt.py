@@ -1,0 +1,84 @@
+"""The default recipe's rules: hyper-parameters decided from the data and the run's length.
+
+A recipe field left ``AUTO`` is filled in here, from what the data says of itself
+(``DataFacts``) and from the epochs asked for, before the run starts; the resolved values
+are printed and stored in the checkpoint, so a resumed run never decides again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .recipes import Recipe, get_optimizer_defaults
+
+SMALL_IMAGE = 64  # images at most this side (digits, icons, CIFAR) are upscaled and barely cropped
+MIN_INPUT, MAX_INPUT = 64, 224
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a recipe may adapt to: the training set's size and its images' size."""
+
+    train_images: int
+    image_size: int  # typical shorter side of the images, in pixels
+    channels: int
+
+
+def input_size_for(image_size: int) -> int:
+    """Twice the images' side, rounded up to a multiple of 32, between 64 and 224.
+
+    At 32 px a MobileNet's last layers see a 1x1 map (five stride-2 layers), so small images
+    are upscaled (rho > 1 relative to their own size); photos are used at 224, V1 Sec. 3.4.
+    """
+    return min(MAX_INPUT, max(MIN_INPUT, 32 * math.ceil(2 * image_size / 32)))
+
+
+def batch_size_for(train_images: int, world_size: int = 1) -> int:
+    """A power of two between 16 and 128 per process that leaves at least ~60 steps per epoch."""
+    per_process = train_images / (60 * world_size)
+    return int(min(128, max(16, 2 ** math.floor(math.log2(max(per_process, 1))))))
+
+
+def ema_decay_for(total_steps: int) -> float:
+    """An average over about the last tenth of the run's steps (decay 1 - 10 / steps), in [0.9, 0.9999]."""
+    return round(min(0.9999, max(0.9, 1 - 10 / max(total_steps, 1))), 4)
+
+
+def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1) -> Recipe:
+    """``recipe`` with every ``AUTO`` field decided; fields already set are kept."""
+    small = facts.image_size <= SMALL_IMAGE
+    batch = recipe.batch_size or batch_size_for(facts.train_images, world_size)
+    total_steps = recipe.epochs * max(1, facts.train_images // (batch * world_size))
+    rules = {
+        "input_size": lambda: input_size_for(facts.image_size),
+        "batch_size": lambda: batch,
+        "lr": lambda: get_optimizer_defaults(recipe.optimizer).lr,
+        "warmup_epochs": lambda: min(5.0, max(1.0, round(recipe.epochs / 10))),
+        "ema_decay": lambda: ema_decay_for(total_steps),
+        # a digit or an icon fills its small frame: a 25 % crop can cut it away, a centre crop too
+        "min_crop": lambda: 0.5 if small else 0.25,
+        "pad": lambda: max(1, round(facts.image_size / 12)) if small else 0,  # in-memory data: translation
+        "eval_crop": lambda: 1.0 if small else 0.875,
+    }
+    return recipe.replace(**{name: rule() for name, rule in rules.items() if getattr(recipe, name) is None})
+
+
+def describe(recipe: Recipe, in_memory: bool = False) -> str:
+    """One line of the values a run trains with (printed at its start)."""
+    r = recipe
+    parts = [
+        f"{r.epochs} epochs", f"batch {r.batch_size}", f"input {r.input_size}",
+        f"{r.optimizer} lr {r.lr:g} per {r.lr_batch}", f"weight decay {r.weight_decay:g}",
+        f"{r.schedule} schedule" + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else ""),
+        f"label smoothing {r.label_smoothing:g}", f"EMA {r.ema_decay:g}" if r.ema_decay else "no EMA",
+        f"hflip {r.hflip:g}", f"translation by {r.pad} px" if in_memory else f"min crop {r.min_crop:g}",
+        f"erase {r.erase:g}",
+    ]
+    if not in_memory:
+        parts.append(f"eval crop {r.eval_crop:g}")
+    if r.freeze_backbone:
+        parts.append("backbone frozen")
+    elif r.backbone_lr_scale != 1:
+        parts.append(f"backbone lr x{r.backbone_lr_scale:g}")
+    return ", ".join(parts)

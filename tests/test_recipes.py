@@ -1,0 +1,69 @@
+"""The default recipe adapts to the data and the run; another optimizer brings its own defaults."""
+
+import pytest
+import torch
+from datasets import image_folder
+
+from mobilenets.adapt import DataFacts, batch_size_for, ema_decay_for, input_size_for, resolve
+from mobilenets.recipes import OPTIMIZERS, get_recipe
+from mobilenets.run_config import make_config
+from mobilenets.train import Trainer
+
+
+def test_input_size_follows_the_images():
+    # small images are upscaled so that the last layers see more than 1x1; photos stay at 224
+    assert [input_size_for(s) for s in (20, 28, 32, 48, 100, 500)] == [64, 64, 64, 96, 224, 224]
+
+
+def test_batch_size_and_ema_follow_the_training_set():
+    assert [batch_size_for(n) for n in (300, 4000, 55000, 1_000_000)] == [16, 64, 128, 128]
+    assert batch_size_for(4000, world_size=2) == 32
+    assert ema_decay_for(500) == 0.98 and ema_decay_for(50) == 0.9 and ema_decay_for(10**7) == 0.9999
+
+
+def test_default_recipe_resolves_from_the_data():
+    digits = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1))
+    assert not digits.unresolved
+    assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 64, 0.4, 1.0)
+    assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.5, 1.0, 2, 0.9798)  # 8 x 62 steps
+    photos = resolve(get_recipe("default").replace(epochs=50), DataFacts(20000, 375, 3))
+    assert (photos.input_size, photos.min_crop, photos.eval_crop, photos.warmup_epochs) == (224, 0.25, 0.875, 5.0)
+    # what the user sets is kept, and a named recipe has nothing left to decide
+    mine = resolve(get_recipe("default").replace(input_size=96, ema_decay=0.0, lr=0.1), DataFacts(4000, 20, 1))
+    assert (mine.input_size, mine.ema_decay, mine.lr) == (96, 0.0, 0.1)
+    paper = get_recipe("paper")
+    assert resolve(paper, DataFacts(4000, 20, 1)) == paper
+
+
+def test_another_optimizer_brings_its_own_defaults():
+    cfg = make_config("mobilenet_v1", "data", "out", recipe="paper", optimizer="adamw")
+    adamw = OPTIMIZERS["adamw"]
+    assert (cfg.recipe.optimizer, cfg.recipe.eps, cfg.recipe.lr, cfg.recipe.weight_decay) == (
+        "adamw", adamw.eps, adamw.lr, adamw.weight_decay)
+    assert cfg.recipe.eps != get_recipe("paper").eps  # RMSprop's epsilon of 1.0 would stall AdamW
+    cfg = make_config("mobilenet_v1", "data", "out", recipe="paper", optimizer="adamw", lr=1e-3, weight_decay=0.01)
+    assert (cfg.recipe.lr, cfg.recipe.weight_decay) == (1e-3, 0.01)
+    assert make_config("mobilenet_v1", "data", "out", recipe="paper", optimizer="rmsprop_tf").recipe == \
+        get_recipe("paper")
+
+
+@pytest.mark.parametrize("field, value", [("hflip", 1.5), ("min_crop", 0.0), ("weight_decay", -1.0),
+                                          ("warmup_epochs", -1.0), ("epochs", 0), ("backbone_lr_scale", 0.0)])
+def test_bad_values_are_named(field, value):
+    with pytest.raises(ValueError, match=field.replace("_", "-") + " must be in"):
+        get_recipe("default").replace(**{field: value})
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        make_config("mobilenet_v1", "data", "out", optimizer="lamb")
+
+
+def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
+    root = image_folder(tmp_path / "d", classes=3, per_class=10, size=20, channels=1)
+    cfg = make_config("mobilenet_v1", str(root), str(tmp_path / "run"), width_mult=0.25, epochs=1, hflip=0.0)
+    trainer = Trainer(cfg)
+    summary = trainer.run()
+    err = capfd.readouterr().err
+    assert "recipe default: 1 epochs, batch 16, input 64, sgd lr 0.4 per 256" in err and "hflip 0," in err
+    stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]
+    assert stored["input_size"] == 64 and stored["batch_size"] == 16 and stored["hflip"] == 0.0
+    assert stored["eval_crop"] == 1.0 and stored["ema_decay"] == 0.9
+    assert summary["epochs"] == 1
