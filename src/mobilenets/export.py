@@ -21,14 +21,13 @@ and ``torch.export`` archives (run by PyTorch). Every export:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 
 from .files import atomic_write
 from .layers import ConvBNAct
+from .metadata import META_FILE, META_KEY, ExportMeta, save_openvino, set_onnx_meta
 from .preprocess import Preprocess
 from .registry import ModelArgs
 from .runtimes import Forward, ort_forward, ort_session, ov_compile, ov_forward, require
@@ -44,8 +44,6 @@ from .runtimes import Forward, ort_forward, ort_session, ov_compile, ov_forward,
 FP32_TOLERANCE = 1e-4  # max abs logit difference allowed between an fp32 export and PyTorch
 FOLD_TOLERANCE = 1e-5  # folded vs unfolded eager model
 VERIFY_BATCHES = (1, 3)  # 1 and a batch > 1 exercise the dynamic batch dimension
-META_KEY = "mobilenets"
-META_FILE = "mobilenets.json"
 STANDARD_ONNX_DOMAINS = ("", "ai.onnx")
 NOT_EXPORTED_HINT = "expected .onnx, .xml, .ts/.pt or .pt2 from `mobilenets export`"
 
@@ -67,27 +65,6 @@ FORMATS: dict[str, Format] = {
     "torchscript": Format("torchscript", (".ts", ".pt"), "PyTorch (TorchScript)", (), False),
     "exported-program": Format("exported-program", (".pt2",), "PyTorch (torch.export)", (), False),
 }
-
-
-@dataclass(frozen=True)
-class ExportMeta:
-    """What inference needs besides the graph; stored inside the exported artefact as JSON."""
-
-    model_args: dict
-    preprocess: dict
-    class_names: tuple[str, ...]
-    input_size: int
-    format: str
-    int8: str | None = None  # the quantizer, or None for fp32
-    version: int = 1
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "class_names": list(self.class_names)})
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ExportMeta:
-        d = json.loads(text)
-        return cls(**{**d, "class_names": tuple(d["class_names"])})
 
 
 @dataclass(frozen=True)
@@ -322,25 +299,6 @@ def _write_onnx(model: nn.Module, path: Path, channels: int, size: int, meta: Ex
     onnx.save(proto, str(path))
 
 
-def set_onnx_meta(proto, text: str) -> None:
-    """Store ``text`` as the model's ``metadata_props["mobilenets"]``.
-
-    The exporter's per-node debugging metadata (Python stack traces with local file paths,
-    module names) is dropped on the way: it is about a tenth of a small model's file and
-    nothing at inference reads it.
-    """
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    for info in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
-        del info.metadata_props[:]
-    for prop in list(proto.metadata_props):
-        if prop.key == META_KEY:
-            proto.metadata_props.remove(prop)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, text
-
-
 def _write_openvino(model: nn.Module, path: Path, channels: int, size: int, meta: ExportMeta) -> None:
     ov = require("openvino")
     with warnings.catch_warnings():
@@ -349,13 +307,6 @@ def _write_openvino(model: nn.Module, path: Path, channels: int, size: int, meta
             model, example_input=_example(channels, size), input=[ov.PartialShape([-1, channels, size, size])]
         )
     save_openvino(ov_model, path, meta.to_json())
-
-
-def save_openvino(ov_model, path: Path, text: str) -> None:
-    ov = require("openvino")
-    ov_model.set_rt_info(text, [META_KEY])
-    # fp32 weights on disk: the default fp16 compression would break the 1e-4 check
-    ov.save_model(ov_model, str(path), compress_to_fp16=False)
 
 
 def _write_torchscript(model: nn.Module, path: Path, channels: int, size: int, meta: ExportMeta) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .metadata import save_openvino, set_onnx_meta
 from .preprocess import Preprocess
 from .runtimes import ov_core, require
 
@@ -71,8 +72,6 @@ def calibration_batches(
 def _quantize_onnx_runtime(src: Path, dst: Path, batches: Sequence[Tensor], meta: str) -> None:
     onnx = require("onnx")
     q = require("onnxruntime.quantization")
-    from .export import set_onnx_meta
-
     prepared = dst.with_name("prepared.onnx")
     # shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks
     q.quant_pre_process(str(src), str(prepared))
@@ -104,8 +103,6 @@ def _quantize_onnx_runtime(src: Path, dst: Path, batches: Sequence[Tensor], meta
 def _quantize_nncf(src: Path, dst: Path, batches: Sequence[Tensor], meta: str) -> None:
     nncf = require("nncf")
     nncf.set_log_level(logging.WARNING)
-    from .export import save_openvino
-
     # one image per item: NNCF's statistics are defined per sample
     images = [x[i : i + 1].numpy() for x in batches for i in range(len(x))]
     quantized = nncf.quantize(

@@ -1,8 +1,9 @@
 """Inference runtimes behind one call each: ONNX Runtime sessions and OpenVINO compiled models,
 set up for low latency on the CPU, plus the check that a runtime is installed at all.
 
-The runtimes are optional (``pip install 'mobilenets[deploy]'``): they are imported here, on
-first use, never at package import.
+The runtimes are optional (``pip install 'mobilenets[deploy]'`` for the server runtimes,
+``'mobilenets[mobile]'`` for ExecuTorch, LiteRT and Core ML): they are imported on first use,
+never at package import.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 
 DEPLOY_EXTRA = "mobilenets[deploy]"
+MOBILE_EXTRA = "mobilenets[mobile]"
+MOBILE_PACKAGES = ("executorch", "torchao", "litert_torch", "ai_edge_litert", "coremltools")
 
 Forward = Callable[[Tensor], Tensor]  # float input batch -> logits
 
@@ -34,7 +37,8 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingRuntime(f"{module} is not installed: pip install '{DEPLOY_EXTRA}'") from None
+        extra = MOBILE_EXTRA if module.split(".")[0] in MOBILE_PACKAGES else DEPLOY_EXTRA
+        raise MissingRuntime(f"{module} is not installed: pip install '{extra}'") from None
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
