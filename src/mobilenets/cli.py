@@ -12,7 +12,8 @@ EXAMPLES = {
     "list": "mobilenets list",
     "cost": "mobilenets cost mobilenet_v1 --width-mult 0.5 --input-size 160\n  mobilenets cost --paper",
     "predict": "mobilenets predict --model mobilenet_v2 --weights mobilenet_v2.pth cat.jpg\n"
-    "  mobilenets predict --checkpoint runs/fmnist/best.pt shirt.png",
+    "  mobilenets predict --checkpoint runs/fmnist/best.pt shirt.png\n"
+    "  mobilenets predict --checkpoint fmnist-int8.tflite shirt.png",
     "train": "mobilenets train --model mobilenet_v1 --data fashion-mnist --recipe fashion-mnist --out runs/fmnist\n"
     "  mobilenets train --model mobilenet_v3_small --data ~/photos --val-split 0.1 --recipe torchvision-v3 "
     "--epochs 30 --out runs/photos\n"
@@ -22,7 +23,10 @@ EXAMPLES = {
     "export": "mobilenets export --checkpoint runs/fmnist/best.pt --format onnx --out fmnist.onnx\n"
     "  mobilenets export --checkpoint runs/fmnist/best.pt --format openvino --out fmnist-int8.xml --int8 "
     "--calib-data fashion-mnist\n"
-    "  mobilenets export --model mobilenet_v3_large --format exported-program --out v3.pt2",
+    "  mobilenets export --model mobilenet_v3_large --format exported-program --out v3.pt2\n"
+    "  mobilenets export --checkpoint runs/fmnist/best.pt --format tflite --out fmnist-int8.tflite --int8 "
+    "--calib-data fashion-mnist\n"
+    "  mobilenets export --model mobilenet_v3_small --format executorch --out v3s.pte",
     "bench": "mobilenets bench --model mobilenet_v1 --threads 2\n"
     "  mobilenets bench --model mobilenet_v2 --batch-size 32 --backends eager ort openvino --json\n"
     "  mobilenets bench --compare-conv",
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "predict", "top-5 classes of images")
     _add_model_args(p, name_positional=False)
     p.add_argument("--weights", help="weights file (mobilenets, torchvision or timm)")
-    p.add_argument("--checkpoint", help="training checkpoint (brings model, classes, preprocessing)")
+    p.add_argument("--checkpoint", help="training checkpoint (brings model, classes, preprocessing) "
+                   "or a model from `mobilenets export`")
     p.add_argument("--input-size", type=int, default=None, help="input side for --model (default 224)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -104,17 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    p = _subparser(sub, "export", "export for inference (ONNX, OpenVINO, TorchScript, torch.export), verified; "
-                   "optionally int8")
+    p = _subparser(sub, "export", "export for inference (ONNX, OpenVINO, TorchScript, torch.export; ExecuTorch, "
+                   "LiteRT, Core ML for phones), verified in its runtime; optionally int8")
     _add_model_args(p, name_positional=False)
     p.add_argument("--checkpoint", help="training checkpoint (brings model, classes, preprocessing)")
     p.add_argument("--weights", help="weights for --model (mobilenets, torchvision or timm)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs for --model (default 1000)")
     p.add_argument("--in-chans", type=int, default=None, help="input channels for --model (default 3)")
-    p.add_argument("--format", required=True, help="onnx | openvino | torchscript | exported-program")
-    p.add_argument("--out", required=True, help="output file: .onnx, .xml (+ .bin), .ts or .pt2")
+    p.add_argument("--format", required=True,
+                   help="onnx | openvino | torchscript | exported-program | executorch | tflite | coreml")
+    p.add_argument("--out", required=True, help="output file: .onnx, .xml (+ .bin), .ts, .pt2, .pte, .tflite or "
+                   ".mlpackage (a folder)")
     p.add_argument("--input-size", type=int, default=None, help="input side (default: the checkpoint's, else 224)")
-    p.add_argument("--int8", action="store_true", help="post-training static int8 quantization (onnx, openvino)")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static int8 quantization (onnx, openvino, executorch, tflite)")
     p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
     p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
 
@@ -216,15 +224,20 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .export import exported_format, load_exported_model
     from .predict import load_model, predict
 
     if bool(args.checkpoint) == bool(args.model):
         raise CliError("predict needs either --checkpoint PATH or --model NAME [--weights PATH]")
     if args.input_size is not None:
         _check_input_size(args.input_size)
-    loaded = load_model(
-        args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult, input_size=args.input_size
-    )
+    if args.checkpoint and exported_format(args.checkpoint):
+        if args.input_size is not None:
+            raise CliError("an exported model has a fixed input size; --input-size goes with --model")
+        loaded = load_exported_model(args.checkpoint)  # runs in its own runtime (ONNX Runtime, LiteRT, ...)
+    else:
+        loaded = load_model(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,
+                            input_size=args.input_size)
     for path, top in zip(args.images, predict(loaded, args.images, args.top_k)):
         print(path)
         for name, prob in top:

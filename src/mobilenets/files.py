@@ -63,3 +63,22 @@ def load_torch(path: str | os.PathLike) -> Any:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+
+
+def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the folder ``src`` onto ``dst`` (a format that is a folder, e.g. a Core ML ``.mlpackage``).
+
+    A folder cannot replace another in one atomic rename, so an old ``dst`` is first renamed aside
+    and removed only after the new one is in place: a reader sees the old folder or the complete
+    new one (or, for an instant, none), never a partial one under the final name.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old)

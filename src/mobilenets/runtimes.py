@@ -9,6 +9,7 @@ never at package import.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -37,8 +38,19 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        extra = MOBILE_EXTRA if module.split(".")[0] in MOBILE_PACKAGES else DEPLOY_EXTRA
-        raise MissingRuntime(f"{module} is not installed: pip install '{extra}'") from None
+        raise _missing(module) from None
+
+
+def require_installed(module: str) -> None:
+    """Fail as ``require`` does if the package ``module`` is not installed, without importing it
+    (some mobile packages print notices and take seconds on import)."""
+    if importlib.util.find_spec(module) is None:
+        raise _missing(module)
+
+
+def _missing(module: str) -> MissingRuntime:
+    extra = MOBILE_EXTRA if module.split(".")[0] in MOBILE_PACKAGES else DEPLOY_EXTRA
+    return MissingRuntime(f"{module} is not installed: pip install '{extra}'")
 
 
 # --------------------------------------------------------------------------- ONNX Runtime

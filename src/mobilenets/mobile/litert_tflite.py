@@ -1,0 +1,138 @@
+"""LiteRT (TensorFlow Lite) flatbuffers (``.tflite``): write (fp32 or int8), read the metadata, run.
+
+Written by ``litert_torch.convert`` (its own converter, no TensorFlow) and run by the
+``ai_edge_litert`` interpreter with its default XNNPACK delegate, as on a phone.
+
+What an Android developer gets:
+
+* input ``[1, S, S, C]``, channels last (``litert_torch.to_channel_last_io``), the layout of
+  a camera frame or ``Bitmap`` buffer; output ``[1, classes]`` logits;
+* int8: PT2E with LiteRT's own ``PT2EQuantizer`` (per-channel symmetric int8 weights, int8
+  activations), fully integer down to the model's input and output tensors, which are int8 with
+  their own scale and zero point (``real = scale * (q - zero_point)``): the app quantizes the
+  normalised image with the input's parameters and dequantizes the logits. ``forward`` here does
+  exactly that.
+
+The metadata JSON is the flatbuffer's ``Model.metadata`` entry ``mobilenets`` (a named buffer,
+the place the TFLite schema keeps model metadata), readable with any flatbuffer reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..runtimes import Forward, require
+from .console import first_line, quiet, quiet_import
+
+PACKAGES = ("litert_torch", "ai_edge_litert", "torchao")
+INT8_METHOD = "litert-pt2e-per-channel"
+META_NAME = "mobilenets"
+
+
+def _nhwc(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None) -> None:
+    """Convert ``model`` (traced at ``example``'s NCHW shape) to a channels-last ``.tflite`` at ``path``."""
+    with quiet():
+        litert_torch = require("litert_torch")
+        litert_torch.config.show_progress = False
+        model = litert_torch.to_channel_last_io(model, args=[0]).eval()
+        example = _nhwc(example)
+        quant_config = None
+        if calibration is not None:
+            from litert_torch.quantize import pt2e_quantizer
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            from .pt2e import quantize_pt2e
+
+            config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
+            model = quantize_pt2e(model, example, calibration, quantizer, to_input=_nhwc, fold_quantize=False)
+            quant_config = QuantConfig(pt2e_quantizer=quantizer)
+        converted = litert_torch.convert(model, (example,), quant_config=quant_config)
+        path.write_bytes(with_metadata(converted.model_content(), meta))
+
+
+def with_metadata(flatbuffer: bytes, meta: str) -> bytes:
+    """The model with ``meta`` as its ``Model.metadata["mobilenets"]`` buffer (replacing an older one)."""
+    require("ai_edge_litert")
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(meta.encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = META_NAME, len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name != META_NAME.encode()] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _read_model(path: Path):
+    schema = quiet_import("ai_edge_litert.schema_py_generated")
+
+    data = Path(path).read_bytes()
+    if not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise ValueError(f"{path} is not a LiteRT (TFLite) model: no TFL3 identifier")
+    return schema.Model.GetRootAs(data, 0)
+
+
+def read_meta(path: Path) -> str | None:
+    """The metadata JSON of a ``.tflite``, or ``None`` if it has none."""
+    model = _read_model(path)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == META_NAME.encode():
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    return None
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, detail: dict) -> np.ndarray:
+    if q.dtype == np.float32:
+        return q
+    scale, zero_point = detail["quantization"]
+    return (q.astype(np.float32) - zero_point) * scale
+
+
+def forward(path: Path, threads: int | None = None) -> Forward:
+    """Run a ``.tflite`` in the LiteRT interpreter (XNNPACK); a batch runs image by image."""
+    _read_model(path)  # a clear error for a file that is no TFLite model at all
+    interpreter_module = quiet_import("ai_edge_litert.interpreter")
+    try:
+        with quiet():
+            interpreter = interpreter_module.Interpreter(model_path=str(path), num_threads=threads)
+            interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{path} cannot be run by LiteRT ({first_line(e)})") from None
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def run(x: Tensor) -> Tensor:
+        logits = []
+        for image in _nhwc(x.detach().cpu().float()).numpy():
+            interpreter.set_tensor(inp["index"], _quantize(image[None], inp))
+            interpreter.invoke()
+            logits.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+        return torch.from_numpy(np.concatenate(logits)).to(x.device)
+
+    return run
+
+
+def runs_here() -> bool:
+    return True
