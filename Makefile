@@ -13,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[deploy,dev]'
+	$(PY) -m pip install --quiet -e '.[deploy,mobile,dev]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from the Debian package (no download at run time).

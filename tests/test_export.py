@@ -1,42 +1,16 @@
-import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_cli
-from PIL import Image
+from exports import SIZE, eval_json, export, leftovers, small_model
 
 import mobilenets
 from mobilenets import export as ex
 from mobilenets.preprocess import Preprocess
 from mobilenets.quantize import calibration_batches
 
-SIZE = 64  # small inputs keep every export under a few seconds
 ALL_MODELS = mobilenets.list_models()
-
-
-def small_model(name="mobilenet_v1", width=0.25, num_classes=10, in_chans=3):
-    """A model whose batch norms are not the identity, so folding has something to fold."""
-    model = mobilenets.create_model(name, width_mult=width, num_classes=num_classes, in_chans=in_chans)
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return model.eval()
-
-
-def export(model, path, fmt, **kw):
-    pre = Preprocess.imagenet(SIZE, model.in_chans)
-    names = [f"c{i}" for i in range(model.args.num_classes)]
-    return ex.export_model(model, path, fmt, preprocess=pre, class_names=names, log=lambda _: None, **kw)
-
-
-def leftovers(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -101,41 +75,10 @@ def test_grey_model_metadata_round_trip(tmp_path):
 # --------------------------------------------------------------------------- int8 and eval
 
 
-@pytest.fixture
-def folder(tmp_path):
-    """A tiny two-class image folder (train/ and val/): a bright and a dark class."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 6)):
-        for label, base in (("bright", 170), ("dark", 40)):
-            d = tmp_path / "data" / split / label
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(base + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    """A checkpoint as training writes it: model args, class names and preprocessing."""
-    model = small_model("mobilenet_v1", num_classes=2)
-    path = tmp_path / "ckpt.pt"
-    mobilenets.save_weights(model, path, class_names=["bright", "dark"],
-                            preprocess=Preprocess.imagenet(SIZE).to_dict())
-    return path
-
-
 def test_calibration_batches_use_the_model_preprocessing(folder):
     batches = calibration_batches(str(folder), Preprocess.imagenet(SIZE), size=20, batch_size=8)
     assert [b.shape for b in batches] == [(8, 3, SIZE, SIZE), (8, 3, SIZE, SIZE), (4, 3, SIZE, SIZE)]
     assert batches[0].dtype == torch.float32
-
-
-def eval_json(capsys, tmp_path, model, data):
-    code, out, err = run_cli(capsys, "eval", "--checkpoint", model, "--data", data, "--json",
-                             "--confusion", tmp_path / "confusion.png")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def test_eval_of_an_exported_model_matches_the_checkpoint(tmp_path, capsys, folder, checkpoint):
@@ -177,11 +120,11 @@ def test_export_with_model_name(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,pattern",
     [
-        (["--format", "tflite", "--out", "{tmp}/m.tflite"], "unknown format 'tflite'; known formats: onnx"),
+        (["--format", "tensorrt", "--out", "{tmp}/m.plan"], "unknown format 'tensorrt'; known formats: onnx"),
         (["--format", "onnx", "--out", "{tmp}/m.xml"], "--format onnx writes .onnx files"),
         (["--format", "onnx", "--out", "{tmp}/missing/m.onnx"], "does not exist"),
         (["--format", "torchscript", "--out", "{tmp}/m.ts", "--int8", "--calib-data", "x"],
-         "--int8 is available for --format onnx and openvino"),
+         "--int8 is available for --format onnx, openvino, executorch and tflite"),
         (["--format", "onnx", "--out", "{tmp}/m.onnx", "--int8"], "--int8 needs --calib-data"),
     ],
 )

@@ -10,7 +10,8 @@ less compute intensive").
 
 Isolation: every backend (and the peer, and the GEMM measurement) runs in a fresh Python
 process, one after the other, with the same thread count (``torch.set_num_threads``, ONNX
-Runtime ``intra_op_num_threads``, OpenVINO ``INFERENCE_NUM_THREADS``, and the OpenMP variables).
+Runtime ``intra_op_num_threads``, OpenVINO ``INFERENCE_NUM_THREADS``, the ExecuTorch thread pool,
+the LiteRT interpreter's ``num_threads``, and the OpenMP variables).
 Nothing else of the benchmark runs while one is timed, and no backend inherits another's
 thread pools, caches or compiled code. Timing: warm-up (at least ``warmup`` calls and one
 second), then ``repeats`` calls timed one by one with ``time.perf_counter``; median and 90th
@@ -42,7 +43,12 @@ class Backend:
     description: str
     precision: str  # fp32, bf16 or int8
     packages: tuple[str, ...] = ()
-    exported: bool = False  # runs a file written by ``export.export_model`` (MobileNets only)
+    format: str | None = None  # the export format it runs (``export.FORMATS``), None for PyTorch itself
+
+    @property
+    def exported(self) -> bool:
+        """Runs a file written by ``export.export_model`` (MobileNets only)."""
+        return self.format is not None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -52,11 +58,17 @@ BACKENDS: dict[str, Backend] = {
         Backend("channels_last", "PyTorch eager, BN folded, channels_last", "fp32"),
         Backend("compile", "torch.compile (inductor, frozen weights), channels_last", "fp32"),
         Backend("bf16", "PyTorch eager, bf16 autocast, channels_last", "bf16"),
-        Backend("ort", "ONNX Runtime", "fp32", ("onnx", "onnxscript", "onnxruntime"), True),
-        Backend("ort-int8", "ONNX Runtime, int8 QDQ per-channel", "int8", ("onnx", "onnxscript", "onnxruntime"), True),
-        Backend("openvino", "OpenVINO, f32 precision hint", "fp32", ("openvino",), True),
-        Backend("openvino-bf16", "OpenVINO, bf16 precision hint", "bf16", ("openvino",), True),
-        Backend("openvino-int8", "OpenVINO, int8 (NNCF)", "int8", ("openvino", "nncf"), True),
+        Backend("ort", "ONNX Runtime", "fp32", ("onnx", "onnxscript", "onnxruntime"), "onnx"),
+        Backend("ort-int8", "ONNX Runtime, int8 QDQ per-channel", "int8", ("onnx", "onnxscript", "onnxruntime"),
+                "onnx"),
+        Backend("openvino", "OpenVINO, f32 precision hint", "fp32", ("openvino",), "openvino"),
+        Backend("openvino-bf16", "OpenVINO, bf16 precision hint", "bf16", ("openvino",), "openvino"),
+        Backend("openvino-int8", "OpenVINO, int8 (NNCF)", "int8", ("openvino", "nncf"), "openvino"),
+        Backend("executorch", "ExecuTorch, XNNPACK delegate", "fp32", ("executorch",), "executorch"),
+        Backend("executorch-int8", "ExecuTorch, XNNPACK int8 (PT2E)", "int8", ("executorch", "torchao"), "executorch"),
+        Backend("litert", "LiteRT interpreter, XNNPACK", "fp32", ("litert_torch", "ai_edge_litert"), "tflite"),
+        Backend("litert-int8", "LiteRT, full-integer int8 (PT2E)", "int8",
+                ("litert_torch", "ai_edge_litert", "torchao"), "tflite"),
     )
 }
 SWEEP_WIDTHS = (1.0, 0.75, 0.5, 0.25)  # V1 Table 6
@@ -85,6 +97,7 @@ class Timing:
     median_ms: float | None = None
     p90_ms: float | None = None
     label: str = ""  # what ran (e.g. the peer's name)
+    size_bytes: int | None = None  # the exported file's size (exported backends)
 
     @property
     def images_per_s(self) -> float | None:
@@ -189,7 +202,7 @@ class BenchReport:
                 else f"peer: unavailable ({self.peer.reason})"
             )
         head = (f"{'backend':<15} {'precision':<9} {'median ms':>10} {'p90 ms':>9} {'images/s':>9} "
-                f"{'G mult-adds/s':>13} {'vs eager':>9} {'vs peer':>8}")
+                f"{'G mult-adds/s':>13} {'vs eager':>9} {'vs peer':>8} {'file MB':>8}")
         lines += ["", head, "-" * len(head)]
         eager = self.timing("eager")
         for t in self.results:
@@ -200,7 +213,7 @@ class BenchReport:
             lines.append(
                 f"{t.backend:<15} {b.precision:<9} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.images_per_s:>9.1f} "
                 f"{self.gmacs_per_s(t):>13.1f} {_ratio(self.speedup(t, eager)):>9} "
-                f"{_ratio(self.speedup(t, self.peer)):>8}"
+                f"{_ratio(self.speedup(t, self.peer)):>8} {_megabytes(t.size_bytes):>8}"
             )
         if self.peak is not None:
             lines += ["", (f"GEMM peak (torch.matmul {self.peak.size}^3, same threads): "
@@ -224,6 +237,10 @@ class BenchReport:
 
 def _ratio(x: float | None) -> str:
     return f"{x:.2f}x" if x is not None else "-"
+
+
+def _megabytes(n: int | None) -> str:
+    return f"{n / 1e6:.2f}" if n is not None else "-"
 
 
 def _gflops(x: float | None) -> str:
@@ -287,7 +304,7 @@ def _timings(backend: str, configs: Sequence[Config], records: list[dict]) -> li
         records = records * len(configs)
     return [
         Timing(backend, c, r.get("available", False), r.get("reason", ""), r.get("median_ms"), r.get("p90_ms"),
-               r.get("label", ""))
+               r.get("label", ""), r.get("size_bytes"))
         for c, r in zip(configs, records, strict=True)
     ]
 
@@ -595,28 +612,29 @@ def _torch_runner(backend: str, model, x):
 
 
 def _export_runner(backend: str, model, config: Config, x, workdir: Path):
+    """(timed call, file size in bytes): ``model`` exported for ``backend`` and loaded in its runtime."""
     import torch
 
-    from .export import export_model
+    from .export import FORMATS, export_model, runtime_forward
     from .preprocess import Preprocess
-    from .runtimes import ort_forward, ort_session, ov_compile, ov_forward
+    from .runtimes import ov_compile, ov_forward
 
-    fmt = "onnx" if backend.startswith("ort") else "openvino"
-    int8 = backend.endswith("int8")
+    spec = BACKENDS[backend]
+    fmt = spec.format
     pre = Preprocess.imagenet(config.input_size, model.in_chans)
     # Timing does not depend on the values: a few random batches calibrate the ranges.
     shape = (8, model.in_chans, config.input_size, config.input_size)
-    calibration = [torch.randn(shape) for _ in range(4)] if int8 else None
-    suffix = ".onnx" if fmt == "onnx" else ".xml"
+    calibration = [torch.randn(shape) for _ in range(4)] if spec.precision == "int8" else None
+    suffix = FORMATS[fmt].suffixes[0]
     path = workdir / f"{config.model}-{config.width_mult:g}-{config.input_size}-{backend}{suffix}"
-    export_model(model, path, fmt, preprocess=pre, class_names=[str(i) for i in range(1000)],
-                 calibration=calibration, log=lambda _: None)
+    result = export_model(model, path, fmt, preprocess=pre, class_names=[str(i) for i in range(1000)],
+                          calibration=calibration, log=lambda _: None)
     threads = torch.get_num_threads()
-    if fmt == "onnx":
-        forward = ort_forward(ort_session(path, threads))
+    if fmt == "openvino":  # the precision hint is what tells openvino and openvino-bf16 apart
+        forward = ov_forward(ov_compile(path, threads, precision="bf16" if spec.precision == "bf16" else "f32"))
     else:
-        forward = ov_forward(ov_compile(path, threads, precision="bf16" if backend.endswith("bf16") else "f32"))
-    return lambda: forward(x)
+        forward = runtime_forward(path, fmt, threads)
+    return (lambda: forward(x)), result.size_bytes
 
 
 def _gemm_peak(repeats: int) -> dict:
@@ -673,13 +691,15 @@ def _worker(job: dict) -> list[dict]:
                 model = create_model(c.model, width_mult=c.width_mult)
             model.eval()
             x = torch.randn(c.batch_size, 3, c.input_size, c.input_size)
+            size = None
             if backend in BACKENDS and BACKENDS[backend].exported:
-                run = _export_runner(backend, model, c, x, Path(job["workdir"]))
+                run, size = _export_runner(backend, model, c, x, Path(job["workdir"]))
             else:
                 run = _torch_runner("eager" if backend == "peer" else backend, model, x)
             with torch.inference_mode():
                 median, p90 = _time(run, job["repeats"], job["warmup"])
-            results.append({"available": True, "median_ms": median, "p90_ms": p90, "label": label})
+            results.append({"available": True, "median_ms": median, "p90_ms": p90, "label": label,
+                            "size_bytes": size})
         except (ImportError, ValueError, RuntimeError, OSError) as e:  # a missing runtime, an unsupported op
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             results.append({"available": False, "reason": reason[:300]})

@@ -183,7 +183,8 @@ def check_export(out: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
     out = check_output(out, fmt)
     spec = FORMATS[fmt]
     if int8 and not spec.int8:
-        raise ValueError(f"--int8 is available for --format {' and '.join(n for n, f in FORMATS.items() if f.int8)}")
+        names = [n for n, f in FORMATS.items() if f.int8]
+        raise ValueError(f"--int8 is available for --format {', '.join(names[:-1])} and {names[-1]}")
     int8_packages = ()
     if int8:
         from .quantize import QUANTIZERS
