@@ -7,6 +7,7 @@ import io
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -17,9 +18,9 @@ from ..runtimes import require
 def quiet() -> Iterator[None]:
     """Send everything printed inside the block to a temporary file instead of the terminal.
 
-    Both levels are redirected: Python's ``sys.stdout``/``sys.stderr`` (tqdm bars, warnings,
-    logging) and the process's file descriptors 1 and 2, which native code (ExecuTorch, LiteRT,
-    XNNPACK) writes to directly. If the block fails, what it printed is replayed on stderr when
+    Both levels are redirected: Python's ``sys.stdout``/``sys.stderr`` (tqdm bars, logging) and the
+    process's file descriptors 1 and 2, which native code (ExecuTorch, LiteRT, XNNPACK) writes to
+    directly; Python warnings are ignored. If the block fails, what it printed is replayed on stderr when
     ``MOBILENETS_DEBUG`` is set; otherwise the caller's one-line error says what went wrong.
     """
     sys.stdout.flush()
@@ -30,7 +31,8 @@ def quiet() -> Iterator[None]:
         try:
             for fd in saved:
                 os.dup2(sink.fileno(), fd)
-            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation and "experimental API" notices meant for developers
                 yield
         except BaseException:
             if os.environ.get("MOBILENETS_DEBUG"):

@@ -48,6 +48,12 @@ def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration:
 
 
 def _load_program(path: Path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # The runtime verifies a program's flatbuffer, but bytes without its identifier ("ET" and a
+    # two-digit version at offset 4) can crash the process before that: check them first.
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        raise ValueError(f"{path} is not a readable ExecuTorch program (no ExecuTorch program identifier)")
     runtime = quiet_import("executorch.runtime").Runtime.get()
     try:
         with quiet():
@@ -71,9 +77,7 @@ def forward(path: Path, threads: int | None = None) -> Forward:
     program = _load_program(path)
     if threads:
         # one process-wide pool, shared by every XNNPACK delegate (there is no per-program setting)
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-        _unsafe_reset_threadpool(threads)
+        quiet_import("executorch.extension.pybindings.portable_lib")._unsafe_reset_threadpool(threads)
     try:
         with quiet():
             method = program.load_method("forward")
