@@ -611,29 +611,41 @@ def _torch_runner(backend: str, model, x):
     raise ValueError(backend)
 
 
+def export_for_backend(backend: str, model, config: Config, workdir: str | os.PathLike):
+    """``model`` exported as ``backend`` runs it, into ``workdir``: the ``export.ExportResult``.
+
+    int8 backends are calibrated on a few random batches: timing does not depend on the values
+    (accuracy is measured with ``mobilenets eval`` instead).
+    """
+    import torch
+
+    from .export import FORMATS, export_model
+    from .preprocess import Preprocess
+
+    spec = BACKENDS[backend]
+    pre = Preprocess.imagenet(config.input_size, model.in_chans)
+    shape = (8, model.in_chans, config.input_size, config.input_size)
+    calibration = [torch.randn(shape) for _ in range(4)] if spec.precision == "int8" else None
+    name = f"{config.model}-{config.width_mult:g}-{config.input_size}-{backend}{FORMATS[spec.format].suffixes[0]}"
+    return export_model(model, Path(workdir) / name, spec.format, preprocess=pre,
+                        class_names=[str(i) for i in range(model.args.num_classes)], calibration=calibration,
+                        log=lambda _: None)
+
+
 def _export_runner(backend: str, model, config: Config, x, workdir: Path):
     """(timed call, file size in bytes): ``model`` exported for ``backend`` and loaded in its runtime."""
     import torch
 
-    from .export import FORMATS, export_model, runtime_forward
-    from .preprocess import Preprocess
+    from .export import runtime_forward
     from .runtimes import ov_compile, ov_forward
 
     spec = BACKENDS[backend]
-    fmt = spec.format
-    pre = Preprocess.imagenet(config.input_size, model.in_chans)
-    # Timing does not depend on the values: a few random batches calibrate the ranges.
-    shape = (8, model.in_chans, config.input_size, config.input_size)
-    calibration = [torch.randn(shape) for _ in range(4)] if spec.precision == "int8" else None
-    suffix = FORMATS[fmt].suffixes[0]
-    path = workdir / f"{config.model}-{config.width_mult:g}-{config.input_size}-{backend}{suffix}"
-    result = export_model(model, path, fmt, preprocess=pre, class_names=[str(i) for i in range(1000)],
-                          calibration=calibration, log=lambda _: None)
+    result = export_for_backend(backend, model, config, workdir)
     threads = torch.get_num_threads()
-    if fmt == "openvino":  # the precision hint is what tells openvino and openvino-bf16 apart
-        forward = ov_forward(ov_compile(path, threads, precision="bf16" if spec.precision == "bf16" else "f32"))
+    if spec.format == "openvino":  # the precision hint is what tells openvino and openvino-bf16 apart
+        forward = ov_forward(ov_compile(result.path, threads, precision="bf16" if spec.precision == "bf16" else "f32"))
     else:
-        forward = runtime_forward(path, fmt, threads)
+        forward = runtime_forward(result.path, spec.format, threads)
     return (lambda: forward(x)), result.size_bytes
 
 

@@ -19,12 +19,14 @@ the place the TFLite schema keeps model metadata), readable with any flatbuffer 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..runtimes import Forward, require
 from .console import first_line, quiet, quiet_import
@@ -36,6 +38,27 @@ META_NAME = "mobilenets"
 
 def _nhwc(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+class _GatedHardswish(nn.Module):
+    """Hard-swish written as ``x * hardsigmoid(x)``, the same function.
+
+    LiteRT's converter turns an int8 ``nn.Hardswish`` into an int8 HARD_SWISH, which the XNNPACK
+    delegate does not take: each one then runs in LiteRT's own kernel and splits the delegated
+    graph (V3-Small int8 took 3x the fp32 time). Written this way the gate stays a float island
+    (dequantize, add, multiply, quantize) and the product an int8 MUL, all inside XNNPACK.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * F.hardsigmoid(x)
+
+
+def _gate_hardswish(model: nn.Module) -> nn.Module:
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Hardswish):
+                setattr(parent, name, _GatedHardswish())
+    return model
 
 
 def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None) -> None:
@@ -54,7 +77,8 @@ def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration:
 
             config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
-            model = quantize_pt2e(model, example, calibration, quantizer, to_input=_nhwc, fold_quantize=False)
+            model = quantize_pt2e(_gate_hardswish(copy.deepcopy(model)), example, calibration, quantizer,
+                                  to_input=_nhwc, fold_quantize=False)
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         converted = litert_torch.convert(model, (example,), quant_config=quant_config)
         path.write_bytes(with_metadata(converted.model_content(), meta))
