@@ -13,7 +13,7 @@ from mobilenets.preprocess import Preprocess
 from mobilenets.quantize import calibration_batches
 
 SIZE = 64  # small inputs keep every export under a few seconds
-ALL_MODELS = mobilenets.list_models()
+ALL_MODELS = list(mobilenets.MODELS)  # classifiers (detectors: test_detection_export.py)
 
 
 def small_model(name="mobilenet_v1", width=0.25, num_classes=10, in_chans=3):
