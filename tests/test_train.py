@@ -20,10 +20,8 @@ TINY = dict(width_mult=0.25, input_size=32, batch_size=32, epochs=2, workers=0)
 
 
 @pytest.fixture
-def fmnist(tmp_path, monkeypatch):
-    root = fake_fashion_mnist(tmp_path / "fmnist")
-    monkeypatch.setenv("FASHION_MNIST_DIR", str(root))
-    return root
+def fmnist(fashion_mnist_dir):
+    return fashion_mnist_dir
 
 
 def load(path: Path) -> dict:

@@ -276,9 +276,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def _is_detector_file(path: str) -> bool:
     from .detection.predict import is_detector_file
-    from .export import exported_format
 
-    return not exported_format(path) and is_detector_file(path)
+    return is_detector_file(path)
 
 
 def _predict_boxes(args: argparse.Namespace) -> None:
@@ -379,9 +378,16 @@ def _eval_boxes(args: argparse.Namespace, device) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import check_export, describe, export_model, load_source
+    from .registry import is_detector
 
     if bool(args.checkpoint) == bool(args.model):
         raise CliError("export needs either --checkpoint PATH or --model NAME")
+    if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
+        if args.int8 and not args.calib_data:
+            raise CliError("--int8 needs --calib-data DATA (a COCO JSON file or a VOC folder)")
+        from .detection.export_cli import export_detector_command
+
+        return print(export_detector_command(args))
     if args.checkpoint and (args.weights or args.num_classes or args.in_chans):
         raise CliError("--weights, --num-classes and --in-chans go with --model; a checkpoint brings its own")
     if args.int8 != bool(args.calib_data):

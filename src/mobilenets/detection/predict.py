@@ -35,11 +35,23 @@ class Detection:
 
 
 def load_detector(checkpoint: str | os.PathLike | None = None, *, model: str | None = None,
-                  weights: str | os.PathLike | None = None, **kwargs) -> LoadedDetector:
-    """A training checkpoint of this package, or ``model`` with optional ``weights``."""
+                  weights: str | os.PathLike | None = None, threads: int | None = None, **kwargs) -> LoadedDetector:
+    """A training checkpoint of this package, a file from ``mobilenets export`` (run in its
+    runtime), or ``model`` with optional ``weights``."""
+    from ..export import exported_format, read_meta
+    from .runtime import ExportedDetector
+
+    fmt = exported_format(checkpoint) if checkpoint is not None else None
+    if fmt:
+        meta = read_meta(checkpoint, fmt)
+        if meta.task != "detection":
+            raise ValueError(f"{checkpoint} is a classifier, not a detector")
+        return LoadedDetector(ExportedDetector(checkpoint, fmt, meta.input_size, threads), list(meta.class_names),
+                              list(meta.category_ids))
     source = checkpoint or weights
     ckpt = read_checkpoint(source) if source is not None else {}
-    args = ModelArgs(**ckpt["model_args"]) if ckpt.get("model_args") else ModelArgs(model, num_classes=91, **kwargs)
+    own = ckpt.get("model_args")
+    args = ModelArgs(**own) if own else ModelArgs(model, **{"num_classes": 91, **kwargs})
     net = create_model(**args.to_dict())
     if source is not None:
         load_weights(net, source)
@@ -49,8 +61,12 @@ def load_detector(checkpoint: str | os.PathLike | None = None, *, model: str | N
 
 
 def is_detector_file(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint or an exported file holds a detector."""
+    from ..export import exported_format, read_meta
     from ..registry import is_detector
 
+    if exported_format(path):
+        return read_meta(path).task == "detection"
     args = read_checkpoint(path).get("model_args") or {}
     return is_detector(args.get("name", ""))
 

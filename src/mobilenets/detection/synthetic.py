@@ -64,7 +64,7 @@ def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray,
     boxes, classes = [], []
     for _ in range(rng.integers(1, 7)):
         for _attempt in range(20):
-            side = int(np.exp(rng.uniform(np.log(MIN_SIDE), np.log(MAX_SIDE))))
+            side = int(np.exp(rng.uniform(np.log(MIN_SIDE), np.log(min(MAX_SIDE, size // 2)))))
             x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
             k = int(rng.integers(len(items)))
             mask = np.asarray(Image.fromarray(items[k]).resize((side, side), Image.BILINEAR)).astype(np.float32)
@@ -88,6 +88,8 @@ def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray,
 def make_detection_data(out: str | Path, train: int = 2000, val: int = 400, size: int = 320, seed: int = 0,
                         progress=None) -> dict[str, Path]:
     """Write ``out/train.json``, ``out/val.json`` and their PNGs; return the JSON paths."""
+    if size < 2 * MIN_SIDE:
+        raise ValueError(f"--size must be at least {2 * MIN_SIDE} (items are {MIN_SIDE} to {MAX_SIDE} pixels)")
     out = Path(out)
     written = {}
     for split, count, source, split_seed in (("train", train, "train", seed), ("val", val, "test", seed + 1)):
