@@ -50,6 +50,8 @@ class DetectionBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         maps = []
+        if self.stem.conv.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # the resized batch comes NCHW
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
             if self._taps.get(i) == "expansion":  # a stride-2 block: no residual to add
