@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets.detection.paper import DETECTION_ROWS, compare_detection_row
@@ -36,17 +37,6 @@ def test_detector_trains_and_detects(name):
 def test_default_boxes_per_image(name, boxes):
     # SSDLite at 320: maps 20, 10, 5, 3, 2, 1 x 6 boxes; V1 SSD at 300: 19x19x3 + (10, 5, 3, 2, 1)^2 x 6
     assert mobilenets.create_model(name, width_mult=0.5).num_boxes == boxes
-
-
-def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n) * 0.2)
-            m.running_var.copy_(torch.rand(n) + 0.5)
-            m.weight.data.copy_(torch.rand(n) + 0.5)
-            m.bias.data.copy_(torch.randn(n) * 0.2)
-    return model.eval()
 
 
 def test_torchvision_ssdlite_weights_give_the_same_detections(tmp_path):

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_cli
+from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets.detection.export import compare
@@ -70,11 +71,7 @@ def test_predict_prints_and_draws_boxes(trained, capsys, tmp_path):
 
 
 def randomized(model):
-    for m in model.modules():  # non-trivial BN statistics and head outputs: distinct scores
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n) * 0.2)
-            m.running_var.copy_(torch.rand(n) + 0.5)
+    randomize_batchnorm(model)  # and head outputs that vary: distinct scores
     for m in model.head.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.normal_(m.weight, 0, 0.05)
