@@ -20,3 +20,11 @@ def fashion_mnist_dir(tmp_path, monkeypatch):
     root = fake_fashion_mnist(tmp_path / "fmnist")
     monkeypatch.setenv("FASHION_MNIST_DIR", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    """A trained checkpoint (the stand-in Fashion-MNIST task) for the serving tests, made once."""
+    from serving import train_tiny_classifier
+
+    return train_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"))

@@ -36,6 +36,10 @@ EXAMPLES = {
     "sweep": "mobilenets sweep --backends eager openvino --out runs/sweep",
     "make-detection-data": "mobilenets make-detection-data --out data/fmnist-det\n"
     "  mobilenets make-detection-data --out data/fmnist-det-small --train 200 --val 50 --size 256",
+    "serve": "mobilenets serve --checkpoint runs/fmnist/best.pt   # then open http://127.0.0.1:8000/\n"
+    "  mobilenets serve --checkpoint runs/fmnist/best.pt --backend ort --max-batch 32 --max-wait-ms 5\n"
+    "  mobilenets serve --checkpoint fmnist-int8.onnx --port 9000\n"
+    "  curl -H 'Content-Type: image/png' --data-binary @shirt.png http://127.0.0.1:8000/predict",
 }
 
 
@@ -160,7 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=400, help="validation canvases (default 400)")
     p.add_argument("--size", type=int, default=320, help="canvas side in pixels (default 320)")
     p.add_argument("--seed", type=int, default=0)
+
+    _add_serve_args(_subparser(sub, "serve", "serve a model over HTTP (POST /predict, /healthz, /metrics, "
+                                             "a page at /) with dynamic batching"))
     return parser
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint, or a model from `mobilenets export` (runs in its own runtime)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--backend", choices=["eager", "ort", "openvino"], default=None,
+                   help="for a training checkpoint: PyTorch (eager, the default), or exported at start to ONNX "
+                   "Runtime (ort) or OpenVINO")
+    p.add_argument("--int8", action="store_true", help="with --backend ort|openvino: int8 post-training quantization")
+    p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
+    p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests run as one batch (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="longest a request waits for others to fill its batch (default 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 503 (default 256)")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MB (default 10)")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image in pixels (default 25,000,000)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all CPUs)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -390,8 +418,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         return print(export_detector_command(args))
     if args.checkpoint and (args.weights or args.num_classes or args.in_chans):
         raise CliError("--weights, --num-classes and --in-chans go with --model; a checkpoint brings its own")
-    if args.int8 != bool(args.calib_data):
-        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and only --int8 uses it")
+    _check_int8(args)
     if args.input_size is not None:
         _check_input_size(args.input_size)
     check_export(args.out, args.format, args.int8)  # fail before any slow work
@@ -455,6 +482,50 @@ def cmd_make_detection_data(args: argparse.Namespace) -> None:
     print(f"wrote {written['train']} ({args.train} images) and {written['val']} ({args.val} images)")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    _check_int8(args)
+    missing = [m for m in ("starlette", "uvicorn", "multipart", "prometheus_client") if not importlib.util.find_spec(m)]
+    if missing:
+        raise CliError(f"{', '.join(missing)} not installed: pip install 'mobilenets[serve]'")
+    for name in ("max_batch", "max_queue", "max_pixels", "calib_size"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_wait_ms < 0 or args.max_body_mb <= 0:
+        raise CliError("--max-wait-ms must be 0 or more and --max-body-mb more than 0")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be 0 to 65535, got {args.port}")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    from .serve.app import Settings
+    from .serve.servable import load_servable
+    from .serve.server import serve
+
+    def log(message: str) -> None:
+        print(f"mobilenets serve: {message}", flush=True)
+
+    calibration = None
+    if args.int8:
+        from .quantize import calibration_batches
+
+        def calibration(preprocess):
+            return calibration_batches(args.calib_data, preprocess, args.calib_size)
+
+    servable = load_servable(args.checkpoint, args.backend, threads=args.threads, calibration=calibration, log=log)
+    settings = Settings(args.max_batch, args.max_wait_ms, args.max_queue, int(args.max_body_mb * 1e6), args.max_pixels)
+    servable.warm_up(args.max_batch)
+    serve(servable, settings, args.host, args.port, access_log=args.access_log, log=log)
+
+
+def _check_int8(args: argparse.Namespace) -> None:
+    if args.int8 != bool(args.calib_data):
+        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and only --int8 uses it")
+
+
 def _device(name: str):
     import torch
 
@@ -480,6 +551,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "bench": cmd_bench,
     "sweep": cmd_sweep,
     "make-detection-data": cmd_make_detection_data,
+    "serve": cmd_serve,
 }
 
 
