@@ -103,7 +103,7 @@ def create_app(servable: Servable, settings: Settings = Settings()) -> Starlette
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        await batcher.start()
+        await batcher.start(warm_up=lambda: servable.warm_up(1))
         try:
             yield
         finally:

@@ -69,8 +69,11 @@ class Batcher:
         self._wakeup.set()
         return await future
 
-    async def start(self) -> None:
+    async def start(self, warm_up: Callable[[], Any] | None = None) -> None:
+        """Start the inference thread (running ``warm_up`` on it first) and the batching loop."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        if warm_up is not None:  # the thread's first call pays for its set-up, not the first request
+            await asyncio.get_running_loop().run_in_executor(self._executor, warm_up)
         self._task = asyncio.create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:

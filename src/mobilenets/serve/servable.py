@@ -9,6 +9,7 @@ that cannot be read never reaches the first request.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -62,11 +63,15 @@ class Servable:
         return self.task.postprocess(outputs, [item.top_k for item in items], self.class_names)
 
     def warm_up(self, max_batch: int) -> None:
-        """Run batch 1 and ``max_batch`` once: a model that cannot run fails now, and the first
-        requests do not pay for lazy initialisation."""
-        size, channels = self.preprocess.crop, self.preprocess.channels
+        """Run batch 1 and ``max_batch`` once: a model that cannot run fails at start, and the
+        first requests do not pay for lazy initialisation."""
+        from PIL import Image
+
+        png = io.BytesIO()
+        Image.new("L", (self.preprocess.crop, self.preprocess.crop)).save(png, "PNG")
+        image = self.prepare(png.getvalue())
         for n in sorted({1, max_batch}):
-            self.run_batch([Item(torch.zeros(channels, size, size, dtype=torch.uint8))] * n)
+            self.run_batch([Item(image)] * n)
 
     def describe(self) -> str:
         kind = f"int8 ({self.int8})" if self.int8 else "fp32"
