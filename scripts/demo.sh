@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on real data: train a MobileNet V1 on Fashion-MNIST for a short run,
 # evaluate it, predict a few test images, export it to ONNX (checked against PyTorch) and time it;
-# then the same for a detector on a detection set generated from Fashion-MNIST.
+# then the same for a detector on a detection set generated from Fashion-MNIST; last, print the
+# commands that serve them.
 # Each run gets its own folder under runs/, so nothing from an earlier demo is overwritten.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -73,4 +74,13 @@ cat <<TXT
   $OUT/tensorboard/       TensorBoard events (tensorboard --logdir $OUT)
   $OUT/model.onnx         the exported model
   $OUT/det/               the detector: checkpoints, curves, drawn/ predictions, detector.onnx
+TXT
+
+step "serve: the models behind HTTP, with a page to try them (docs/serve.md)"
+cat <<TXT
+  $PY -m mobilenets serve --checkpoint $OUT/model.onnx
+then open http://127.0.0.1:8000/ and drop an image, or:
+  curl -H 'Content-Type: image/png' --data-binary @$(ls "$OUT"/samples/*.png | head -1) http://127.0.0.1:8000/predict
+the detector, its boxes drawn on the page at http://127.0.0.1:8001/:
+  $PY -m mobilenets serve --checkpoint $OUT/det/detector.onnx --port 8001
 TXT

@@ -125,7 +125,7 @@ def create_app(servable: Servable, settings: Settings = Settings()) -> Starlette
 def _top_k(request: Request, classes: int) -> int:
     text = request.query_params.get("top_k", "5")
     if not text.isdigit() or int(text) < 1:
-        raise ServeError(400, "bad_top_k", f"top_k must be a whole number from 1 to {classes}, got {text!r}")
+        raise ServeError(400, "bad_top_k", f"top_k must be a whole number of at least 1, got {text!r}")
     return min(int(text), classes)
 
 

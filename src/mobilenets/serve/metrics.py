@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+METHODS = ("GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE")  # others are counted as "other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -62,6 +63,7 @@ class Metrics:
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+            method = scope["method"] if scope["method"] in METHODS else "other"
             status = 500  # unless a response starts
             started = time.perf_counter()
 
@@ -76,7 +78,7 @@ class Metrics:
                 await app(scope, receive, send_status)
             finally:
                 self.in_flight.dec()
-                self.requests.labels(endpoint, scope["method"], str(status)).inc()
+                self.requests.labels(endpoint, method, str(status)).inc()
                 self.latency.labels(endpoint).observe(time.perf_counter() - started)
 
         return counted
