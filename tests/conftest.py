@@ -28,3 +28,11 @@ def tiny_classifier(tmp_path_factory):
     from serving import train_tiny_classifier
 
     return train_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"))
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory):
+    """An untrained detector checkpoint for the serving tests."""
+    from serving import make_tiny_detector
+
+    return make_tiny_detector(tmp_path_factory.mktemp("tiny-detector"))

@@ -90,6 +90,25 @@ def train_tiny_classifier(folder: Path) -> Path:
     return folder / "run" / "best.pt"
 
 
+def make_tiny_detector(folder: Path) -> Path:
+    """An untrained SSDLite (V3-Small, x0.25, 96 px) for Fashion-MNIST's 10 classes; its heads get
+    larger random weights, so that it finds boxes of more than one score."""
+    import torch
+
+    import mobilenets
+    from mobilenets.data import FASHION_MNIST_CLASSES
+
+    torch.manual_seed(0)
+    model = mobilenets.create_model("ssdlite_mobilenet_v3_small", reduced_tail=True, width_mult=0.25, input_size=96,
+                                    num_classes=11).eval()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 0.3)
+    path = folder / "detector.pt"
+    mobilenets.save_weights(model, path, class_names=list(FASHION_MNIST_CLASSES), category_ids=list(range(1, 11)))
+    return path
+
+
 def samples(folder: Path, n: int = 10) -> list[tuple[Path, int]]:
     """PNG files of the stand-in's test images (28x28 grey, as Fashion-MNIST's) and their labels."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,17 @@ import time
 import zlib
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_cli
+from PIL import Image
 from serving import Server, png_bytes, samples
 
 from mobilenets.predict import load_model, predict
 from mobilenets.serve.batcher import Batcher
-from mobilenets.serve.servable import Item, load_servable
+from mobilenets.serve.servable import load_servable
+from mobilenets.serve.tasks import Item
 
 MAX_PIXELS = 1_000_000
 MAX_BODY_MB = 0.5
@@ -88,6 +91,7 @@ BAD_INPUTS = {
     "too elongated": (png_bytes(500, 10), PNG, 400, "too_elongated"),
     "body over the size limit": (b"\0" * int(MAX_BODY_MB * 1e6 + 1), PNG, 413, "body_too_large"),
     "bad top_k": ("valid", PNG, 400, "bad_top_k"),
+    "bad min_score": ("valid", PNG, 400, "bad_min_score"),
 }
 
 
@@ -96,7 +100,7 @@ def test_bad_input_is_a_4xx_json_error(server, images, case):
     body, headers, status, code = BAD_INPUTS[case]
     valid = images[0][0].read_bytes()
     body = {"valid": valid, "truncated": valid[: len(valid) // 2]}.get(body, body)
-    url = "/predict?top_k=zero" if case == "bad top_k" else "/predict"
+    url = {"bad top_k": "/predict?top_k=zero", "bad min_score": "/predict?min_score=2"}.get(case, "/predict")
     response = httpx.post(server.url + url, content=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()
@@ -225,8 +229,8 @@ def test_port_in_use_is_one_line(capsys, tiny_classifier):
 def test_backends_give_the_eager_answer(tiny_classifier, images, backend, tmp_path):
     eager = load_servable(tiny_classifier, "eager")
     other = load_servable(tiny_classifier, backend, threads=1, log=lambda _: None)
-    assert other.backend == backend and other.class_names == eager.class_names
-    items = [Item(eager.prepare(path.read_bytes()), 10) for path, _ in images[:3]]
+    assert other.backend == backend and other.task.class_names == eager.task.class_names
+    items = [Item(*eager.prepare(path.read_bytes()), top_k=10) for path, _ in images[:3]]
     for a, b in zip(eager.run_batch(items), other.run_batch(items)):
         assert [p["label"] for p in a["predictions"][:2]] == [p["label"] for p in b["predictions"][:2]]
         assert [p["score"] for p in a["predictions"]] == pytest.approx([p["score"] for p in b["predictions"]],
@@ -238,7 +242,7 @@ def test_exported_file_is_served_in_its_runtime(tiny_classifier, images, tmp_pat
     assert run_cli(capsys, "export", "--checkpoint", tiny_classifier, "--format", "onnx", "--out", path)[0] == 0
     served = load_servable(path)
     assert (served.backend, served.runtime, served.name) == ("ort", "ONNX Runtime", "tiny.onnx")
-    result = served.run_batch([Item(served.prepare(images[0][0].read_bytes()))])[0]
+    result = served.run_batch([Item(*served.prepare(images[0][0].read_bytes()))])[0]
     reference = predict(load_model(tiny_classifier), [images[0][0]])[0]
     assert [p["label"] for p in result["predictions"]] == [name for name, _ in reference]
     with pytest.raises(ValueError, match="runs in ONNX Runtime"):
@@ -272,9 +276,46 @@ def test_batcher_survives_a_failing_model():
 
 def test_decoded_images_are_the_models_crop(tiny_classifier):
     served = load_servable(tiny_classifier)
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (300, 200), (200, 10, 10)).save(buf, "JPEG")
-    image = served.prepare(buf.getvalue())
+    image, size = served.prepare(buf.getvalue())
+    assert size == (300, 200)
     assert image.dtype == torch.uint8 and tuple(image.shape) == (1, 28, 28)  # grey, the crop (resized in the batch)
+
+
+def same_detections(a: list[dict], b: list[dict]) -> None:
+    """The same boxes, labels and scores, in any order among equal scores."""
+    key = lambda d: (d["label"], *d["box"])  # noqa: E731
+    a, b = sorted(a, key=key), sorted(b, key=key)
+    assert [d["label"] for d in a] == [d["label"] for d in b]
+    assert [d["score"] for d in a] == pytest.approx([d["score"] for d in b], abs=1e-4)
+    assert [v for d in a for v in d["box"]] == pytest.approx([v for d in b for v in d["box"]], abs=0.2)
+
+
+def test_detector_is_served_with_boxes_in_the_images_pixels(tiny_detector, tmp_path, capsys):
+    from mobilenets.detection.predict import detect, load_detector
+
+    path = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(path)
+    reference = [{"label": d.label, "score": d.score, "box": list(d.box)}
+                 for d in detect(load_detector(tiny_detector), [path], min_score=0.0)[0]]
+    eager = load_servable(tiny_detector)
+    assert (eager.task.name, eager.task.input_size, len(eager.task.class_names)) == ("detection", 96, 10)
+    served = eager.run_batch([Item(*eager.prepare(path.read_bytes()), min_score=0.0)])[0]["detections"]
+    same_detections(served, reference)
+    assert all(0 <= d["box"][0] <= d["box"][2] <= 200 and 0 <= d["box"][1] <= d["box"][3] <= 150 for d in served)
+
+    onnx = tmp_path / "detector.onnx"
+    assert run_cli(capsys, "export", "--checkpoint", tiny_detector, "--format", "onnx", "--out", onnx)[0] == 0
+    exported = load_servable(onnx)
+    assert (exported.backend, exported.task.name) == ("ort", "detection")
+    found = exported.run_batch([Item(*exported.prepare(path.read_bytes()))])[0]["detections"]  # min_score 0.3
+    same_detections(found, [d for d in reference if d["score"] >= 0.3])  # the export keeps 100 boxes: fewer here
+
+    with Server(["--checkpoint", str(tiny_detector)]) as server:
+        response = httpx.post(server.url + "/predict?min_score=0&top_k=3", content=path.read_bytes(), headers=PNG)
+        default = httpx.post(server.url + "/predict", content=path.read_bytes(), headers=PNG)
+    body = response.json()
+    assert response.status_code == 200 and body["task"] == "detection" and len(body["detections"]) == 3
+    assert [d["score"] for d in body["detections"]] == sorted((d["score"] for d in body["detections"]), reverse=True)
+    assert all(d["score"] >= 0.3 for d in default.json()["detections"])  # the default min_score

@@ -4,7 +4,10 @@ import base64
 import os
 import shutil
 
+import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from serving import Server, samples
 
 from mobilenets.predict import load_model, predict
@@ -72,3 +75,28 @@ def test_page_shows_the_top_classes_of_an_uploaded_image(browser_page, tiny_clas
         assert "415 unsupported_media_type" in page.inner_text("#error")
         assert page.locator("#results .row").count() == 0
     print(f"screenshot: {screenshot}")
+
+
+def test_page_draws_a_detectors_boxes(browser_page, tiny_detector, tmp_path):
+    path = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(path)
+    page = browser_page
+    with Server(["--checkpoint", str(tiny_detector)]) as server:
+        expected = httpx.post(server.url + "/predict?min_score=0.35", content=path.read_bytes(),
+                              headers={"Content-Type": "image/png"}).json()["detections"]
+        page.goto(server.url + "/?min_score=0.35")  # the page passes its query on to /predict
+        page.wait_for_function("document.getElementById('model').textContent.includes('detection')")
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("#results .row")
+        labels = page.locator("#results .row .label").all_inner_texts()
+        assert labels == [d["label"] for d in expected] and len(labels) >= 1
+        drawn = page.evaluate("""() => {
+            const c = document.getElementById("boxes");
+            const pixels = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let red = 0;
+            for (let i = 0; i < pixels.length; i += 4) if (pixels[i] > 200 && pixels[i + 3] > 0) red++;
+            return red;
+        }""")
+        assert drawn > 100  # the boxes' outlines and label tags
+        page.screenshot(path=str(tmp_path / "page-detector.png"), full_page=True)
+    print(f"screenshot: {tmp_path / 'page-detector.png'}")

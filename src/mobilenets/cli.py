@@ -39,6 +39,7 @@ EXAMPLES = {
     "serve": "mobilenets serve --checkpoint runs/fmnist/best.pt   # then open http://127.0.0.1:8000/\n"
     "  mobilenets serve --checkpoint runs/fmnist/best.pt --backend ort --max-batch 32 --max-wait-ms 5\n"
     "  mobilenets serve --checkpoint fmnist-int8.onnx --port 9000\n"
+    "  mobilenets serve --checkpoint runs/det/best.pt   # a detector: boxes, drawn on the page\n"
     "  curl -H 'Content-Type: image/png' --data-binary @shirt.png http://127.0.0.1:8000/predict",
 }
 
@@ -172,13 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True,
-                   help="training checkpoint, or a model from `mobilenets export` (runs in its own runtime)")
+                   help="training checkpoint (classifier or detector), or a model from `mobilenets export` (runs in "
+                   "its own runtime)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--backend", choices=["eager", "ort", "openvino"], default=None,
                    help="for a training checkpoint: PyTorch (eager, the default), or exported at start to ONNX "
                    "Runtime (ort) or OpenVINO")
-    p.add_argument("--int8", action="store_true", help="with --backend ort|openvino: int8 post-training quantization")
+    p.add_argument("--int8", action="store_true",
+                   help="classifiers, with --backend ort|openvino: int8 post-training quantization")
     p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
     p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests run as one batch (default 16)")

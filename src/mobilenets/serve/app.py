@@ -1,9 +1,9 @@
 """The Starlette application: ``POST /predict``, ``GET /healthz``, ``GET /metrics`` and the page.
 
 ``/predict`` takes an image as the body (``image/*`` or ``application/octet-stream``) or as the
-file of a ``multipart/form-data`` form, and ``?top_k=N`` (default 5). Decoding runs in a worker
-thread, inference in the batcher's thread: the event loop only moves bytes. Every error is JSON
-``{"error": code, "message": sentence, "status": N}``.
+file of a ``multipart/form-data`` form, and ``?top_k=N`` (classes, or boxes) and, for a detector,
+``?min_score=S``. Decoding runs in a worker thread, inference in the batcher's thread: the event
+loop only moves bytes. Every error is JSON ``{"error": code, "message": sentence, "status": N}``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .decode import DEFAULT_MAX_PIXELS
 from .errors import ServeError
 from .limits import DEFAULT_MAX_BODY_MB, limit_body
 from .metrics import Metrics
-from .servable import Item, Servable
+from .servable import Servable
+from .tasks import Item
 
 ENDPOINTS = ("/predict", "/healthz", "/metrics", "/")
 RAW_TYPES = ("application/octet-stream",)  # and image/*
@@ -54,18 +55,18 @@ def create_app(servable: Servable, settings: Settings = Settings()) -> Starlette
         "backend": servable.backend,
         "runtime": servable.runtime,
         "int8": servable.int8,
-        "classes": len(servable.class_names),
-        "input_size": servable.preprocess.size,
+        "classes": len(servable.task.class_names),
+        "input_size": servable.task.input_size,
         "max_batch": settings.max_batch,
         "max_wait_ms": settings.max_wait_ms,
     }
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        top_k = _top_k(request, len(servable.class_names))
+        top_k, min_score = _options(request)
         data = await _image_bytes(request)
-        image = await run_in_threadpool(servable.prepare, data, settings.max_pixels)
-        result, batch = await batcher.submit(Item(image, top_k))
+        image, size = await run_in_threadpool(servable.prepare, data, settings.max_pixels)
+        result, batch = await batcher.submit(Item(image, size, top_k, min_score))
         metrics.queue_time.observe(batch.queue_s)
         return JSONResponse({
             "model": servable.name,
@@ -122,11 +123,19 @@ def create_app(servable: Servable, settings: Settings = Settings()) -> Starlette
     )
 
 
-def _top_k(request: Request, classes: int) -> int:
-    text = request.query_params.get("top_k", "5")
-    if not text.isdigit() or int(text) < 1:
-        raise ServeError(400, "bad_top_k", f"top_k must be a whole number of at least 1, got {text!r}")
-    return min(int(text), classes)
+def _options(request: Request) -> tuple[int | None, float | None]:
+    """``top_k`` (a whole number >= 1) and ``min_score`` (0 to 1), when given."""
+    top_k, min_score = request.query_params.get("top_k"), request.query_params.get("min_score")
+    if top_k is not None and (not top_k.isdigit() or int(top_k) < 1):
+        raise ServeError(400, "bad_top_k", f"top_k must be a whole number of at least 1, got {top_k!r}")
+    if min_score is not None:
+        try:
+            value = float(min_score)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            raise ServeError(400, "bad_min_score", f"min_score must be a number from 0 to 1, got {min_score!r}")
+    return (int(top_k) if top_k else None), (float(min_score) if min_score is not None else None)
 
 
 async def _image_bytes(request: Request) -> bytes:
