@@ -4,9 +4,9 @@ One job per module, imported in this order (no cycles):
 
 * ``errors``: the JSON error every failed request gets (status, code, message);
 * ``decode``: request bytes -> a decoded image, with the pixel limit (decompression bombs);
-* ``tasks``: model outputs -> the response of one task (classification; a detector adds its own);
-* ``servable``: what is served: a checkpoint or exported file, loaded in its backend, that turns
-  decoded images into responses one batch at a time;
+* ``tasks``: what a model does with images, one class per task (classifier, detector): prepare
+  one image as model input, run a batch, postprocess the outputs into one answer per image;
+* ``servable``: what is served: a checkpoint or exported file, loaded in its backend as a task;
 * ``batcher``: gathers concurrent requests into batches and runs them off the event loop;
 * ``metrics``: Prometheus counters and histograms, and the middleware that counts requests;
 * ``limits``: the request-body size limit (ASGI middleware);
