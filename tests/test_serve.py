@@ -201,8 +201,11 @@ def test_unreadable_checkpoint_fails_at_start(capsys, tmp_path, tiny_classifier)
     broken.write_bytes(b"not a checkpoint")
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not an onnx model")
+    bare = tmp_path / "weights.pt"
+    torch.save(load_model(tiny_classifier).model.state_dict(), bare)
     cases = [
         (["--checkpoint", broken], "is not a readable PyTorch checkpoint"),
+        (["--checkpoint", bare], "holds weights but no model arguments"),
         (["--checkpoint", tmp_path / "missing.pt"], "not found"),
         (["--checkpoint", onnx], "is not a readable ONNX model"),
         (["--checkpoint", tiny_classifier, "--max-batch", "0"], "--max-batch must be at least 1"),

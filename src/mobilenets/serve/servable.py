@@ -88,9 +88,14 @@ def load_servable(
     backend = backend or "eager"
     if calibration is not None and backend == "eager":
         raise ValueError("int8 needs --backend ort or openvino")
-    from ..detection.predict import is_detector_file
+    from ..registry import is_detector
+    from ..weights import read_checkpoint
 
-    if is_detector_file(path):
+    model_args = read_checkpoint(path).get("model_args")
+    if not model_args:
+        raise ValueError(f"{path.name} holds weights but no model arguments: serve a training checkpoint, or export "
+                         f"the weights first (mobilenets export --model NAME --weights {path.name} ...)")
+    if is_detector(model_args["name"]):
         if calibration is not None:
             raise ValueError("int8 detectors: export with `mobilenets export --int8 --calib-data DATA`, then serve "
                              "the file")
