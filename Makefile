@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install data demo test lint clean
@@ -13,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[deploy,mobile,dev]'
+	$(PY) -m pip install --quiet -e '.[deploy,mobile,serve,dev]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from the Debian package (no download at run time).
@@ -22,10 +23,14 @@ data: $(FMNIST)
 $(FMNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# The page's browser test drives Debian's Chromium through Playwright (no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
+
 demo: install data
 	PY=$(PY) scripts/demo.sh
 
-test: install lint
+test: install lint $(CHROMIUM)
 	$(PY) -m pytest -q -n 2
 
 lint: install

@@ -5,7 +5,7 @@ Two folders, written as a user would have them (``train/<class>/*.png``, ``val/<
 * ``digits``: OpenCV's 5,000 handwritten digits (20x20 grey, 10 classes; Debian package
   ``opencv-doc``, ``examples/data/digits.png``), 4,000 for training and 1,000 for validation.
 * ``shapes``: 10 shapes (circle, square, triangle, ...) in random colours, sizes, places and
-  slight rotations on cluttered photo backgrounds (32x32 colour; the photos are the other
+  slight rotations on softened photo backgrounds (32x32 colour; the photos are the other
   pictures of ``opencv-doc``), 4,000 / 1,000.
 
 For each folder it runs the given ``mobilenets train`` command and, as the peer, a plain
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
 from torch.nn import functional as F
 
@@ -103,10 +103,12 @@ def make_shapes(root: Path, n: int = 5000, size: int = 32, seed: int = 0) -> Pat
         scale = rng.uniform(1, 4)  # background crop of size*scale pixels, resized: clutter at several scales
         side = int(size * scale)
         y, x = rng.integers(photo.shape[0] - side), rng.integers(photo.shape[1] - side)
+        # a softened photo crop: clutter that does not drown a 32-pixel shape
         img = Image.fromarray(photo[y : y + side, x : x + side]).resize((size * 4, size * 4))
+        img = img.filter(ImageFilter.GaussianBlur(6))
         draw = ImageDraw.Draw(img)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        r = rng.uniform(0.22, 0.42) * size * 4
+        r = rng.uniform(0.28, 0.45) * size * 4
         cx, cy = (rng.uniform(r, size * 4 - r) for _ in range(2))
         angle = rng.uniform(-0.26, 0.26)  # +-15 degrees: a square never turns into a diamond
         if name == "circle":

@@ -50,12 +50,12 @@ def main() -> None:
     peer = timm.create_model("mobilenetv1_100", in_chans=1, num_classes=10)
     peer_opt = torch.optim.SGD(peer.parameters(), lr=trainer.optimizer.param_groups[0]["lr"], momentum=0.9,
                                nesterov=True, weight_decay=trainer.recipe.weight_decay)
-    prepare = trainer.preprocess.batch_transform()  # contiguous fp32, as a plain loop would feed it
+    prepare = trainer.task.preprocess.batch_transform()  # contiguous fp32, as a plain loop would feed it
     peer_batches = [(prepare(x), y) for x, y in batches]
 
     def ours() -> None:
-        for x, y in batches:
-            trainer._step(x, y)
+        for batch in batches:
+            trainer._step(batch)
 
     def plain() -> None:
         for x, y in peer_batches:

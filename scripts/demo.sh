@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on real data: train a MobileNet V1 on Fashion-MNIST for a short run,
-# evaluate it, predict a few test images, export it to ONNX (checked against PyTorch) and time it.
+# evaluate it, predict a few test images, export it to ONNX (checked against PyTorch) and time it;
+# then the same for a detector on a detection set generated from Fashion-MNIST; last, print the
+# commands that serve them.
 # Each run gets its own folder under runs/, so nothing from an earlier demo is overwritten.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -45,6 +47,23 @@ run export --checkpoint "$OUT/best.pt" --format onnx --out "$OUT/model.onnx"
 step "bench: latency of MobileNet V1 at the demo's width and input size, batch 1"
 run bench --model mobilenet_v1 --width-mult "$WIDTH" --input-size 56 --backends eager ort openvino --repeats 30
 
+step "detection: a generated Fashion-MNIST detection set (items at several scales, overlapping, on clutter)"
+run make-detection-data --out "$OUT/det-data" --train "${DEMO_DET_TRAIN:-300}" --val 60 --size 256
+
+step "train: SSDLite on MobileNet V3-Small (reduced tail) from scratch, ${DEMO_DET_EPOCHS:-3} epochs (the full run: docs/results.md)"
+run train --model ssdlite_mobilenet_v3_small --reduced-tail --data "$OUT/det-data/train.json" \
+  --val-data "$OUT/det-data/val.json" --input-size 256 --epochs "${DEMO_DET_EPOCHS:-3}" --out "$OUT/det"
+
+step "eval: COCO mAP@[.5:.95], AP50, AP75 and by object size (pycocotools)"
+run eval --checkpoint "$OUT/det/best.pt" --data "$OUT/det-data/val.json"
+
+step "predict: boxes on a validation image, drawn into $OUT/det/drawn"
+run predict --checkpoint "$OUT/det/best.pt" --min-score 0.3 --save "$OUT/det/drawn" "$OUT/det-data/val/000001.png"
+
+step "export: the detector with box decoding and NMS inside one ONNX graph, checked against PyTorch"
+run export --checkpoint "$OUT/det/best.pt" --format onnx --out "$OUT/det/detector.onnx" \
+  --calib-data "$OUT/det-data/val.json"
+
 step "written to $OUT"
 ls -l "$OUT" "$OUT/samples"
 cat <<TXT
@@ -54,4 +73,14 @@ cat <<TXT
   $OUT/confusion.png      confusion matrix on the test set
   $OUT/tensorboard/       TensorBoard events (tensorboard --logdir $OUT)
   $OUT/model.onnx         the exported model
+  $OUT/det/               the detector: checkpoints, curves, drawn/ predictions, detector.onnx
+TXT
+
+step "serve: the models behind HTTP, with a page to try them (docs/serve.md)"
+cat <<TXT
+  $PY -m mobilenets serve --checkpoint $OUT/model.onnx
+then open http://127.0.0.1:8000/ and drop an image, or:
+  curl -H 'Content-Type: image/png' --data-binary @$(ls "$OUT"/samples/*.png | head -1) http://127.0.0.1:8000/predict
+the detector, its boxes drawn on the page at http://127.0.0.1:8001/:
+  $PY -m mobilenets serve --checkpoint $OUT/det/detector.onnx --port 8001
 TXT

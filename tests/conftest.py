@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from datasets import fake_fashion_mnist
 from exports import SIZE, small_model
 from PIL import Image
 
@@ -41,3 +42,27 @@ def checkpoint(tmp_path):
     mobilenets.save_weights(model, path, class_names=["bright", "dark"],
                             preprocess=Preprocess.imagenet(SIZE).to_dict())
     return path
+
+
+@pytest.fixture
+def fashion_mnist_dir(tmp_path, monkeypatch):
+    """A tiny stand-in for Fashion-MNIST in its real IDX format, where the package looks for it."""
+    root = fake_fashion_mnist(tmp_path / "fmnist")
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory):
+    """A trained checkpoint (the stand-in Fashion-MNIST task) for the serving tests, made once."""
+    from serving import train_tiny_classifier
+
+    return train_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"))
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory):
+    """An untrained detector checkpoint for the serving tests."""
+    from serving import make_tiny_detector
+
+    return make_tiny_detector(tmp_path_factory.mktemp("tiny-detector"))

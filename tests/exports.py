@@ -2,8 +2,8 @@
 
 import json
 
-import torch
 from cli_helpers import run_cli
+from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets import export as ex
@@ -15,14 +15,7 @@ SIZE = 64  # small inputs keep every export under a few seconds
 def small_model(name="mobilenet_v1", width=0.25, num_classes=10, in_chans=3):
     """A model whose batch norms are not the identity, so folding has something to fold."""
     model = mobilenets.create_model(name, width_mult=width, num_classes=num_classes, in_chans=in_chans)
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return model.eval()
+    return randomize_batchnorm(model, scale=0.1, seed=0)
 
 
 def export(model, path, fmt, **kw):

@@ -17,7 +17,8 @@ def test_bench_json_shape(capsys):
     assert code == 0, err
     data = json.loads(out)
     assert set(data) >= {"config", "threads", "macs", "params", "peer", "peak", "results", "best"}
-    assert data["config"] == {"model": "mobilenet_v2", "width_mult": 0.25, "input_size": 32, "batch_size": 1}
+    assert data["config"] == {"model": "mobilenet_v2", "width_mult": 0.25, "input_size": 32, "batch_size": 1,
+                              "reduced_tail": False}
     (row,) = data["results"]
     assert row["backend"] == "eager" and row["available"], row
     assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"] and row["images_per_s"] > 0
@@ -31,6 +32,32 @@ def test_bench_json_shape(capsys):
         assert data["peak"]["bf16_gflops"] is None
     assert data["best"]["fp32"]["backend"] == "eager" and 0 < data["best"]["fp32"]["fraction_of_peak"]
     assert data["best"]["int8"] is None
+
+
+def test_detectors_are_timed_with_their_post_processing():
+    config = bench.Config("ssdlite_mobilenet_v3_small", 0.25, 96, reduced_tail=True)
+    report = bench.run_bench(config, ["eager", "ort", "compile"], threads=1, repeats=1, peak=False)
+    eager, ort, compile_ = report.results
+    assert eager.available and ort.available and ort.size_bytes > 0, (eager, ort)
+    assert not compile_.available and "detectors are timed on eager and ort" in compile_.reason
+    assert not report.peer.available and "ssdlite320_mobilenet_v3_large" in report.peer.reason
+    assert report.macs > 0
+
+
+def test_bench_detectors_see_background_as_a_trained_detector_does():
+    import torch
+
+    from mobilenets.detection.timing import peer_detector
+
+    label, peer = peer_detector("ssdlite_mobilenet_v3_large", 1.0, 320, True)
+    ours = bench.Config("ssdlite_mobilenet_v3_large", 1.0, 320, reduced_tail=True).build()
+    images = [torch.rand(3, 320, 320)]
+    with torch.no_grad():
+        for model in (ours, peer):  # the background takes 99 %: no class passes the 0.001 threshold
+            logits = model.head(list(model.backbone(torch.rand(1, 3, 320, 320)).values()))["cls_logits"]
+            assert torch.allclose(logits.softmax(-1)[..., 0], torch.tensor(0.99), atol=1e-3)
+            assert len(model(images)[0]["boxes"]) == 0
+    assert "torchvision ssdlite320" in label
 
 
 @pytest.mark.parametrize("backend", ["bf16", "openvino-bf16"])

@@ -1,17 +1,15 @@
 import numpy as np
 import pytest
 import torch
-from datasets import fake_fashion_mnist, image_folder
+from datasets import image_folder
 
 from mobilenets.adapt import DataFacts
 from mobilenets.data import BatchAugment, folder_train_transform, load_data, read_idx
 
 
 @pytest.fixture
-def fmnist(tmp_path, monkeypatch):
-    root = fake_fashion_mnist(tmp_path / "fmnist")
-    monkeypatch.setenv("FASHION_MNIST_DIR", str(root))
-    return root
+def fmnist(fashion_mnist_dir):
+    return fashion_mnist_dir
 
 
 def test_fashion_mnist_from_idx(fmnist):

@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets.weights import adapt_input_conv, detect_format
@@ -14,19 +15,6 @@ PEERS = {
     "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(),
     "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
 }
-
-
-def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """Give every BN non-trivial statistics and affine terms, so a misplaced tensor shows."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n) * 0.2)
-            m.running_var.copy_(torch.rand(n) + 0.5)
-            m.weight.data.copy_(torch.rand(n) + 0.5)
-            m.bias.data.copy_(torch.randn(n) * 0.2)
-            m.num_batches_tracked.fill_(7)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", list(PEERS))
@@ -57,7 +45,7 @@ def test_formats_are_detected():
     assert detect_format(mobilenets.create_model("mobilenet_v2").state_dict()) == "mobilenets"
 
 
-@pytest.mark.parametrize("name", mobilenets.list_models())
+@pytest.mark.parametrize("name", list(mobilenets.MODELS))
 def test_own_round_trip(name, tmp_path):
     model = randomize_batchnorm(mobilenets.create_model(name, width_mult=0.5, num_classes=5))
     mobilenets.save_weights(model, tmp_path / "w.pt")

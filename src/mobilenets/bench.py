@@ -84,6 +84,19 @@ class Config:
     width_mult: float = 1.0
     input_size: int = 224
     batch_size: int = 1
+    reduced_tail: bool = False  # V3: C4-C5 halved (torchvision's SSDLite backbone)
+
+    def build(self):
+        """Our model for this configuration (a detector at ``input_size``), random weights."""
+        from .registry import create_model, is_detector
+
+        if is_detector(self.model):
+            from .detection.timing import with_background_prior
+
+            return with_background_prior(create_model(self.model, width_mult=self.width_mult,
+                                                      reduced_tail=self.reduced_tail, input_size=self.input_size))
+        return create_model(self.model, width_mult=self.width_mult,
+                            **({"reduced_tail": True} if self.reduced_tail else {}))
 
 
 @dataclass(frozen=True)
@@ -361,12 +374,11 @@ def run_bench(
 ) -> BenchReport:
     """Time ``config`` on each backend, the peer and the GEMM peak, one process after another."""
     from .cost import profile
-    from .registry import create_model
 
     names = check_backends(backends)
     threads = default_threads() if threads is None else threads
     check_config(config, threads, repeats)
-    report = profile(create_model(config.model, width_mult=config.width_mult), config.input_size)
+    report = profile(config.build(), config.input_size)
     say = progress or (lambda _: None)
     peak_result = None
     if peak:  # measured before and after the backends, the higher kept (see ``higher_peak``)
@@ -543,7 +555,13 @@ def _vgg16():
 
 def peer_model(config: Config):
     """(label, model) of the reference implementation matching ``config``, or (reason, None)."""
+    from .registry import is_detector
+
     name, width = config.model, config.width_mult
+    if is_detector(name):
+        from .detection.timing import peer_detector
+
+        return peer_detector(name, width, config.input_size, config.reduced_tail)
     if name == "mobilenet_v1":
         if width != 1.0:
             return "timm has mobilenetv1_100 (width 1.0) only", None
@@ -679,7 +697,7 @@ def _worker(job: dict) -> list[dict]:
     backend = job["backend"]
     if backend == "gemm-peak":
         return [_gemm_peak(job["repeats"])]
-    from .registry import create_model
+    from .registry import is_detector
 
     if backend == "file":
         return [_time_file(job)]
@@ -700,11 +718,16 @@ def _worker(job: dict) -> list[dict]:
             elif c.model == "vgg16":
                 label, model = "torchvision vgg16, random weights", _vgg16()
             else:
-                model = create_model(c.model, width_mult=c.width_mult)
+                model = c.build()
             model.eval()
             x = torch.randn(c.batch_size, 3, c.input_size, c.input_size)
             size = None
-            if backend in BACKENDS and BACKENDS[backend].exported:
+            if is_detector(c.model):  # images in [0, 1]; ours and the peer take lists of them
+                from .detection.timing import detector_runner
+
+                x = x.sigmoid()
+                run, size = detector_runner(backend, model, x, Path(job["workdir"]), threads)
+            elif backend in BACKENDS and BACKENDS[backend].exported:
                 run, size = _export_runner(backend, model, c, x, Path(job["workdir"]))
             else:
                 run = _torch_runner("eager" if backend == "peer" else backend, model, x)

@@ -10,11 +10,18 @@ from collections.abc import Callable, Sequence
 
 EXAMPLES = {
     "list": "mobilenets list",
-    "cost": "mobilenets cost mobilenet_v1 --width-mult 0.5 --input-size 160\n  mobilenets cost --paper",
+    "cost": "mobilenets cost mobilenet_v1 --width-mult 0.5 --input-size 160\n"
+    "  mobilenets cost ssdlite_mobilenet_v3_large --reduced-tail\n  mobilenets cost --paper",
     "predict": "mobilenets predict --model mobilenet_v2 --weights mobilenet_v2.pth cat.jpg\n"
     "  mobilenets predict --checkpoint runs/fmnist/best.pt shirt.png\n"
-    "  mobilenets predict --checkpoint fmnist-int8.tflite shirt.png",
+    "  mobilenets predict --checkpoint fmnist-int8.tflite shirt.png\n"
+    "  mobilenets predict --checkpoint runs/det/best.pt street.jpg --save drawn/",
     "train": "mobilenets train --model mobilenet_v1 --data fashion-mnist --recipe fashion-mnist --out runs/fmnist\n"
+    "  mobilenets train --model mobilenet_v1 --width-mult 0.5 --data ~/digits --epochs 8 --hflip 0 --out runs/digits\n"
+    "  mobilenets train --model mobilenet_v3_small --weights mobilenet_v3_small.pth --data ~/flowers --epochs 5 "
+    "--out runs/flowers\n"
+    "  mobilenets train --model ssdlite_mobilenet_v3_large --reduced-tail --data det/train.json "
+    "--val-data det/val.json --out runs/det\n"
     "  mobilenets train --model mobilenet_v3_small --data ~/photos --val-split 0.1 --recipe torchvision-v3 "
     "--epochs 30 --out runs/photos\n"
     "  torchrun --standalone --nproc_per_node=2 -m mobilenets train --model mobilenet_v1 --data fashion-mnist "
@@ -29,8 +36,16 @@ EXAMPLES = {
     "  mobilenets export --model mobilenet_v3_small --format executorch --out v3s.pte",
     "bench": "mobilenets bench --model mobilenet_v1 --threads 2\n"
     "  mobilenets bench --model mobilenet_v2 --batch-size 32 --backends eager ort openvino --json\n"
+    "  mobilenets bench --model ssdlite_mobilenet_v3_large --reduced-tail --threads 2\n"
     "  mobilenets bench --compare-conv",
     "sweep": "mobilenets sweep --backends eager openvino --out runs/sweep",
+    "make-detection-data": "mobilenets make-detection-data --out data/fmnist-det\n"
+    "  mobilenets make-detection-data --out data/fmnist-det-small --train 200 --val 50 --size 256",
+    "serve": "mobilenets serve --checkpoint runs/fmnist/best.pt   # then open http://127.0.0.1:8000/\n"
+    "  mobilenets serve --checkpoint runs/fmnist/best.pt --backend ort --max-batch 32 --max-wait-ms 5\n"
+    "  mobilenets serve --checkpoint fmnist-int8.onnx --port 9000\n"
+    "  mobilenets serve --checkpoint runs/det/best.pt   # a detector: boxes, drawn on the page\n"
+    "  curl -H 'Content-Type: image/png' --data-binary @shirt.png http://127.0.0.1:8000/predict",
 }
 
 
@@ -78,18 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "cost", "mult-adds and parameters per layer and per layer type")
     _add_model_args(p, name_positional=True)
-    p.add_argument("--input-size", type=int, default=224, help="input side in pixels (rho = size / 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="input side in pixels (rho = size / 224; default 224, a detector's own size)")
+    p.add_argument("--num-classes", type=int, default=None, help="default 1000 (detectors: 91)")
+    p.add_argument("--reduced-tail", action="store_true", help="V3 detectors: C4-C5 halved (V3 Sec. 6.3)")
     p.add_argument("--json", action="store_true", help="print JSON (macs, params, by_type, layers)")
     p.add_argument("--paper", action="store_true", help="compare with the papers' tables")
 
-    p = _subparser(sub, "predict", "top-5 classes of images")
+    p = _subparser(sub, "predict", "top-5 classes of images, or the boxes a detector finds")
     _add_model_args(p, name_positional=False)
     p.add_argument("--weights", help="weights file (mobilenets, torchvision or timm)")
     p.add_argument("--checkpoint", help="training checkpoint (brings model, classes, preprocessing) "
                    "or a model from `mobilenets export`")
     p.add_argument("--input-size", type=int, default=None, help="input side for --model (default 224)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--min-score", type=float, default=0.3, help="detectors: boxes scored at least this")
+    p.add_argument("--save", metavar="DIR", help="detectors: write each image with its boxes drawn into DIR")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
     p = _subparser(sub, "train", "train a model from scratch (or resume a run)")
@@ -99,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (best.pt / last.pt) or a model from `mobilenets export`")
     p.add_argument("--data", required=True,
-                   help="fashion-mnist (its 10,000 test images) or an image folder (its test/ part, else val/)")
+                   help="fashion-mnist (its 10,000 test images) or an image folder (its test/ part, else val/); "
+                   "detectors: a COCO JSON file or a Pascal VOC folder (its val split)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the predictions for each image and its mirror image")
     p.add_argument("--val-split", type=float, default=None, help="for a folder without val/: held-out fraction")
@@ -130,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "bench", "inference latency on every backend, against the reference implementation")
     _add_model_args(p, name_positional=False)
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=None, help="default 224; a detector's own (320 or 300)")
+    p.add_argument("--reduced-tail", action="store_true", help="V3: C4-C5 halved (torchvision's SSDLite backbone)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="threads of every backend (default: all CPUs)")
     p.add_argument("--backends", nargs="+", metavar="NAME", help=f"default: all of {', '.join(BACKENDS)}")
@@ -146,14 +167,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="threads of every backend (default: all CPUs)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20, help="timed runs per configuration")
+
+    p = _subparser(sub, "make-detection-data", "a detection set: Fashion-MNIST items at several scales, overlapping, "
+                   "on cluttered canvases (COCO JSON + PNGs)")
+    p.add_argument("--out", required=True, help="folder for train.json, val.json, train/ and val/")
+    p.add_argument("--train", type=int, default=2000, help="training canvases (default 2000)")
+    p.add_argument("--val", type=int, default=400, help="validation canvases (default 400)")
+    p.add_argument("--size", type=int, default=320, help="canvas side in pixels (default 320)")
+    p.add_argument("--seed", type=int, default=0)
+
+    _add_serve_args(_subparser(sub, "serve", "serve a model over HTTP (POST /predict, /healthz, /metrics, "
+                                             "a page at /) with dynamic batching"))
     return parser
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint (classifier or detector), or a model from `mobilenets export` (runs in "
+                   "its own runtime)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--backend", choices=["eager", "ort", "openvino"], default=None,
+                   help="for a training checkpoint: PyTorch (eager, the default), or exported at start to ONNX "
+                   "Runtime (ort) or OpenVINO")
+    p.add_argument("--int8", action="store_true",
+                   help="classifiers, with --backend ort|openvino: int8 post-training quantization")
+    p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
+    p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests run as one batch (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="longest a request waits for others to fill its batch (default 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond this get 503 (default 256)")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MB (default 10)")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image in pixels (default 25,000,000)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all CPUs)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .recipes import OPTIMIZERS
 
     p.add_argument("--model", required=True, help="model name (see `mobilenets list`)")
-    p.add_argument("--data", required=True, help="fashion-mnist, or an image folder (train/ and val/, or --val-split)")
+    p.add_argument("--data", required=True, help="fashion-mnist, an image folder (train/ and val/, or --val-split); "
+                   "detectors: COCO train.json (with --val-data) or a Pascal VOC folder")
+    p.add_argument("--val-data", help="detectors: the validation COCO JSON")
+    p.add_argument("--reduced-tail", action="store_true", default=None, help="V3 detectors: C4-C5 halved")
     p.add_argument("--out", required=True, help="output folder for checkpoints, metrics and plots")
     p.add_argument("--recipe", default="default",
                    help="default (adapts to the data and the epochs) | paper | torchvision-v2 | torchvision-v3 | "
@@ -193,44 +251,62 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from .registry import MODELS, create_model
+    from .registry import create_model, get_spec, list_models
 
-    for name, spec in MODELS.items():
+    for name in list_models():
         n = sum(p.numel() for p in create_model(name).parameters())
-        print(f"{name:<22} {n:>11,} params  {spec.paper}")
+        print(f"{name:<27} {n:>11,} params  {get_spec(name).paper}")
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
     from .cost import profile
-    from .registry import create_model
+    from .detection.paper import by_part
+    from .registry import create_model, is_detector
 
     if args.paper:
+        from .detection.paper import DETECTION_ROWS, compare_detection_row, format_detection
         from .paper import PAPER_ROWS, compare_row, compare_table_2, format_comparison
 
         rows, table_2 = [compare_row(r) for r in PAPER_ROWS], compare_table_2()
-        report = {"rows": rows, "table_2": table_2}
-        print(json.dumps(report, indent=2) if args.json else format_comparison(rows, table_2))
+        detection = [compare_detection_row(r) for r in DETECTION_ROWS]
+        report = {"rows": rows, "table_2": table_2, "detection": detection}
+        text = format_comparison(rows, table_2) + "\n\n" + format_detection(detection)
+        print(json.dumps(report, indent=2) if args.json else text)
         return
     if not args.model:
         raise CliError("cost needs a model name (or --paper)")
-    model = create_model(args.model, width_mult=args.width_mult, num_classes=args.num_classes)
-    _check_input_size(args.input_size)
-    report = profile(model, args.input_size)
+    detector = is_detector(args.model)
+    model = create_model(args.model, width_mult=args.width_mult, num_classes=args.num_classes,
+                         **({"reduced_tail": args.reduced_tail} if detector else {}))
+    size = args.input_size or (model.input_size if detector else 224)
+    _check_input_size(size)
+    report = profile(model, size)
+    parts = by_part(report) if detector else None
     if args.json:
-        print(json.dumps({"model": args.model, "width_mult": args.width_mult, **report.to_dict()}, indent=2))
+        extra = {"by_part": parts} if parts else {}
+        print(json.dumps({"model": args.model, "width_mult": args.width_mult, **report.to_dict(), **extra}, indent=2))
     else:
-        print(f"{args.model}  width {args.width_mult:g}  input {args.input_size}x{args.input_size}")
+        print(f"{args.model}  width {args.width_mult:g}  input {size}x{size}")
         print(report.format_table())
+        if parts:
+            print(f"\n{'by part (batch norm folded)':<28} {'mult-adds':>13} {'params':>11}")
+            for name, t in parts.items():
+                print(f"{name:<28} {t['macs']:>13,} {t['params']:>11,}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .export import exported_format, load_exported_model
     from .predict import load_model, predict
+    from .registry import is_detector
 
     if bool(args.checkpoint) == bool(args.model):
         raise CliError("predict needs either --checkpoint PATH or --model NAME [--weights PATH]")
     if args.input_size is not None:
         _check_input_size(args.input_size)
+    if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
+        return _predict_boxes(args)
+    if args.save:
+        raise CliError("--save draws boxes: it is for detectors")
     if args.checkpoint and exported_format(args.checkpoint):
         if args.input_size is not None:
             raise CliError("an exported model has a fixed input size; --input-size goes with --model")
@@ -242,6 +318,29 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(path)
         for name, prob in top:
             print(f"  {prob:7.2%}  {name}")
+
+
+def _is_detector_file(path: str) -> bool:
+    from .detection.predict import is_detector_file
+
+    return is_detector_file(path)
+
+
+def _predict_boxes(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .detection.predict import detect, draw, load_detector
+
+    loaded = load_detector(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,
+                           input_size=args.input_size)
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+    for path, found in zip(args.images, detect(loaded, args.images, args.min_score)):
+        print(f"{path}: {len(found)} object(s)")
+        for d in found:
+            print(f"  {d.score:6.2%}  {d.label:<16} {' '.join(f'{v:7.1f}' for v in d.box)}")
+        if args.save:
+            print(f"  drawn: {draw(path, found, Path(args.save) / (Path(path).stem + '-boxes.png'))}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -256,7 +355,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     overrides = {
         k: getattr(args, k)
-        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "width_mult",
+        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "val_data",
+                  "reduced_tail", "width_mult",
                   "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
                   "label_smoothing", "hflip", "min_crop", "ema_decay", "amp", "channels_last", "compile",
                   "freeze_backbone", "backbone_lr_scale")
@@ -281,9 +381,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .plots import plot_confusion
     from .predict import load_model
 
+    device = _device(args.device)
+    if _is_detector_file(args.checkpoint):
+        return _eval_boxes(args, device)
     # a file from `mobilenets export` (fp32 or int8) runs in its own runtime, on the CPU
     loaded = load_exported_model(args.checkpoint) if exported_format(args.checkpoint) else load_model(args.checkpoint)
-    device = _device(args.device)
     split, result = evaluate_data(loaded.model.to(device), args.data, loaded.preprocess, loaded.class_names,
                                   val_split=args.val_split, batch_size=args.batch_size, workers=args.workers,
                                   tta=args.tta, device=device)
@@ -298,15 +400,43 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"confusion matrix: {png}")
 
 
+def _eval_boxes(args: argparse.Namespace, device) -> None:
+    from .detection.dataset import load_eval_annotations
+    from .detection.evaluate import evaluate_detector
+    from .detection.predict import load_detector
+    from .distributed import Dist
+
+    loaded = load_detector(args.checkpoint)
+    annotations = load_eval_annotations(args.data, loaded.class_names, loaded.category_ids)
+    for line in annotations.problems.lines():
+        print(line, file=sys.stderr)
+    metrics = evaluate_detector(loaded.model.to(device), annotations, Dist(device=device),
+                                batch_size=args.batch_size, workers=args.workers)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(f"{args.checkpoint} on {annotations.summary()}:")
+    names = {"map": "mAP@[.5:.95]", "map50": "AP50", "map75": "AP75", "map_small": "AP small",
+             "map_medium": "AP medium", "map_large": "AP large"}
+    for key, name in names.items():
+        print(f"  {name:<13} {100 * metrics[key]:6.2f} %" if metrics[key] >= 0 else f"  {name:<13}    n/a")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import check_export, describe, export_model, load_source
+    from .registry import is_detector
 
     if bool(args.checkpoint) == bool(args.model):
         raise CliError("export needs either --checkpoint PATH or --model NAME")
+    if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
+        if args.int8 and not args.calib_data:
+            raise CliError("--int8 needs --calib-data DATA (a COCO JSON file or a VOC folder)")
+        from .detection.export_cli import export_detector_command
+
+        return print(export_detector_command(args))
     if args.checkpoint and (args.weights or args.num_classes or args.in_chans):
         raise CliError("--weights, --num-classes and --in-chans go with --model; a checkpoint brings its own")
-    if args.int8 != bool(args.calib_data):
-        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and only --int8 uses it")
+    _check_int8(args)
     if args.input_size is not None:
         _check_input_size(args.input_size)
     check_export(args.out, args.format, args.int8)  # fail before any slow work
@@ -329,13 +459,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(message, file=sys.stderr, flush=True)
 
     if args.compare_conv:
-        result = run_compare_conv(width_mult=args.width_mult, input_size=args.input_size, batch_size=args.batch_size,
-                                  backends=args.backends, threads=args.threads, repeats=args.repeats,
-                                  progress=progress)
+        result = run_compare_conv(width_mult=args.width_mult, input_size=args.input_size or 224,
+                                  batch_size=args.batch_size, backends=args.backends, threads=args.threads,
+                                  repeats=args.repeats, progress=progress)
     else:
         if not args.model:
             raise CliError("bench needs --model NAME (or --compare-conv)")
-        config = Config(args.model, args.width_mult, args.input_size, args.batch_size)
+        from .registry import get_spec, is_detector
+
+        size = args.input_size or (get_spec(args.model).input_size if is_detector(args.model) else 224)
+        config = Config(args.model, args.width_mult, size, args.batch_size, args.reduced_tail)
         result = run_bench(config, args.backends, threads=args.threads, repeats=args.repeats, progress=progress)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
 
@@ -354,6 +487,64 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     csv_path, png_path = write_sweep(rows, out)
     print(format_sweep(rows))
     print(f"wrote {csv_path} and {png_path}")
+
+
+def cmd_make_detection_data(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .detection.synthetic import make_detection_data
+
+    for name in ("train", "val", "size"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be at least 1")
+    with tqdm(total=args.train + args.val, unit="img", desc="canvases") as bar:
+        written = make_detection_data(args.out, args.train, args.val, args.size, args.seed,
+                                      progress=lambda split, i, n: bar.update(1))
+    print(f"wrote {written['train']} ({args.train} images) and {written['val']} ({args.val} images)")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    _check_int8(args)
+    missing = [m for m in ("starlette", "uvicorn", "multipart", "prometheus_client") if not importlib.util.find_spec(m)]
+    if missing:
+        raise CliError(f"{', '.join(missing)} not installed: pip install 'mobilenets[serve]'")
+    for name in ("max_batch", "max_queue", "max_pixels", "calib_size"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_wait_ms < 0 or args.max_body_mb <= 0:
+        raise CliError("--max-wait-ms must be 0 or more and --max-body-mb more than 0")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be 0 to 65535, got {args.port}")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    from .serve.app import Settings
+    from .serve.servable import load_servable
+    from .serve.server import serve
+
+    def log(message: str) -> None:
+        print(f"mobilenets serve: {message}", flush=True)
+
+    calibration = None
+    if args.int8:
+        from .quantize import calibration_batches
+
+        def calibration(preprocess):
+            return calibration_batches(args.calib_data, preprocess, args.calib_size)
+
+    servable = load_servable(args.checkpoint, args.backend, threads=args.threads, calibration=calibration, log=log)
+    settings = Settings(args.max_batch, args.max_wait_ms, args.max_queue, int(args.max_body_mb * 1e6), args.max_pixels)
+    servable.warm_up(args.max_batch)
+    serve(servable, settings, args.host, args.port, access_log=args.access_log, log=log)
+
+
+def _check_int8(args: argparse.Namespace) -> None:
+    if args.int8 != bool(args.calib_data):
+        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and only --int8 uses it")
 
 
 def _device(name: str):
@@ -380,6 +571,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "export": cmd_export,
     "bench": cmd_bench,
     "sweep": cmd_sweep,
+    "make-detection-data": cmd_make_detection_data,
+    "serve": cmd_serve,
 }
 
 

@@ -128,6 +128,9 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224) -> CostRe
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             out = output[0] if isinstance(output, (list, tuple)) else output
+            if not isinstance(out, torch.Tensor) or not isinstance(inputs[0], torch.Tensor):
+                return  # a detector's resize or default boxes: not a layer
+                return
             rows[name] = LayerCost(
                 name=name,
                 type=layer_type(module),

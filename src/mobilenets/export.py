@@ -324,15 +324,7 @@ def _write(model: nn.Module, path: Path, meta: ExportMeta, calibration: Sequence
     """
     fmt, channels, size = meta.format, ModelArgs(**meta.model_args).in_chans, meta.input_size
     if fmt in MOBILE_FORMATS:
-        runtime = MOBILE_FORMATS[fmt]
-        meta = replace(meta, int8=runtime.INT8_METHOD if calibration is not None else None)
-        try:
-            runtime.write(model, path, _example(channels, size, batch=1), meta.to_json(), calibration)
-        except MissingRuntime:
-            raise
-        except Exception as e:  # the converters raise anything (theirs, torch.export's, JAX's): one line
-            raise ValueError(f"{FORMATS[fmt].runtime} conversion failed: {first_line(e)[:300]}") from e
-        return meta
+        return write_mobile(model, path, meta, _example(channels, size, batch=1), calibration)
     if calibration is None:
         _WRITERS[fmt](model, path, channels, size, meta)
         return meta
@@ -343,6 +335,21 @@ def _write(model: nn.Module, path: Path, meta: ExportMeta, calibration: Sequence
     _WRITERS[fmt](model, fp32, channels, size, meta)
     meta = replace(meta, int8=quantizer.name)
     quantizer.quantize(fp32, path, calibration, meta.to_json())
+    return meta
+
+
+def write_mobile(model: nn.Module, path: Path, meta: ExportMeta, example: Tensor,
+                 calibration: Sequence[Tensor] | None) -> ExportMeta:
+    """``model`` (traced at ``example``, one image) converted to the phone format ``meta.format``;
+    returns the metadata written."""
+    runtime = MOBILE_FORMATS[meta.format]
+    meta = replace(meta, int8=runtime.INT8_METHOD if calibration is not None else None)
+    try:
+        runtime.write(model, path, example, meta.to_json(), calibration)
+    except MissingRuntime:
+        raise
+    except Exception as e:  # the converters raise anything (theirs, torch.export's, JAX's): one line
+        raise ValueError(f"{FORMATS[meta.format].runtime} conversion failed: {first_line(e)[:300]}") from e
     return meta
 
 

@@ -29,14 +29,20 @@ class ExportMeta:
     format: str
     int8: str | None = None  # the quantizer, or None for fp32
     version: int = 1
+    task: str = "classification"  # or "detection": boxes, scores and labels out, NMS inside
+    category_ids: tuple[int, ...] = ()  # detection: the annotation file's id of label k + 1
+    max_detections: int = 0  # detection: boxes per image (K)
+    iou_threshold: float = 0.0  # detection: NMS after the file (phone formats have no NMS inside)
+    score_threshold: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "class_names": list(self.class_names)})
+        return json.dumps({**asdict(self), "class_names": list(self.class_names),
+                           "category_ids": list(self.category_ids)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ExportMeta:
         d = json.loads(text)
-        return cls(**{**d, "class_names": tuple(d["class_names"])})
+        return cls(**{**d, "class_names": tuple(d["class_names"]), "category_ids": tuple(d.get("category_ids", ()))})
 
 
 def set_onnx_meta(proto, text: str) -> None:

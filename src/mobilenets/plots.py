@@ -14,18 +14,23 @@ import torch  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Accuracy and loss against epoch, train and validation, from ``metrics.jsonl`` records."""
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "", metric: str = "val_acc") -> None:
+    """The validation metric (accuracy or mAP, with the training accuracy where there is one) and
+    the losses against epoch, from ``metrics.jsonl`` records."""
     epochs = [h["epoch"] for h in history]
+    name = metric.removeprefix("val_")
+    label = {"acc": "accuracy", "map": "mAP@[.5:.95]"}.get(name, name)
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for split, style in (("train", "-o"), ("val", "-s")):
-        acc_ax.plot(epochs, [100 * h[f"{split}_acc"] for h in history], style, ms=3, label=split)
-        loss_ax.plot(epochs, [h[f"{split}_loss"] for h in history], style, ms=3, label=split)
-    best = max(history, key=lambda h: h["val_acc"])
-    acc_ax.annotate(f"best val {100 * best['val_acc']:.2f} %", (best["epoch"], 100 * best["val_acc"]),
+        if f"{split}_{name}" in history[0]:
+            acc_ax.plot(epochs, [100 * h[f"{split}_{name}"] for h in history], style, ms=3, label=split)
+        if f"{split}_loss" in history[0]:
+            loss_ax.plot(epochs, [h[f"{split}_loss"] for h in history], style, ms=3, label=split)
+    best = max(history, key=lambda h: h[metric])
+    acc_ax.annotate(f"best val {100 * best[metric]:.2f} %", (best["epoch"], 100 * best[metric]),
                     textcoords="offset points", xytext=(-60, -25), arrowprops={"arrowstyle": "->"})
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    acc_ax.set(xlabel="epoch", ylabel=f"{label} (%)", title=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
         ax.legend()

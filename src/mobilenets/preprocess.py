@@ -82,7 +82,10 @@ class Preprocess:
 
     def load(self, path: str | os.PathLike) -> Tensor:
         """Read one image file (any mode) as a uint8 tensor ready for ``batch_transform``."""
-        img = open_image(path, grey=self.channels == 1)
+        return self.prepare(open_image(path, grey=self.channels == 1))
+
+    def prepare(self, img: Image.Image) -> Tensor:
+        """A decoded image (RGB, or L for one channel) -> uint8 tensor ready for ``batch_transform``."""
         return self.image_transform()(v2.functional.pil_to_tensor(img))
 
     def load_batch(self, paths: Sequence[str | os.PathLike]) -> Tensor:

@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from . import specs
+from .detection.model import build_detector
+from .detection.specs import DETECTORS as DETECTOR_SPECS
+from .detection.specs import DetectorSpec
 from .layers import ACTIVATIONS
-from .model import FeatureExtractor, MobileNet
+from .model import MIN_INPUT_SIZE, FeatureExtractor, MobileNet
 from .specs import Bottleneck, ModelSpec, Separable
 from .weights import load_pretrained
 
@@ -26,6 +29,9 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+DETECTORS: dict[str, DetectorSpec] = DETECTOR_SPECS  # SSD / SSDLite on the backbones above (detection/)
+
+
 @dataclass(frozen=True)
 class ModelArgs:
     """Everything needed to build a model again (stored in checkpoints)."""
@@ -36,41 +42,50 @@ class ModelArgs:
     in_chans: int = 3
     dropout: float | None = None
     act: str | None = None
+    reduced_tail: bool = False  # detectors on V3: C4-C5 halved (V3 Sec. 6.3)
+    input_size: int | None = None  # detectors: the side images are resized to
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def list_models() -> list[str]:
-    """Names accepted by ``create_model``."""
-    return list(MODELS)
+    """Names accepted by ``create_model``: classifiers, then detectors."""
+    return [*MODELS, *DETECTORS]
 
 
-def get_spec(name: str) -> ModelSpec:
-    if not isinstance(name, str) or name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return MODELS[name]
+def is_detector(name: str) -> bool:
+    return name in DETECTORS
+
+
+def get_spec(name: str) -> ModelSpec | DetectorSpec:
+    if not isinstance(name, str) or name not in MODELS and name not in DETECTORS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return MODELS.get(name) or DETECTORS[name]
 
 
 def create_model(
     name: str,
     *,
     width_mult: float = 1.0,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     dropout: float | None = None,
     act: str | None = None,
     weights: str | os.PathLike | None = None,
     features_only: bool = False,
+    reduced_tail: bool = False,
+    input_size: int | None = None,
 ) -> nn.Module:
-    """Build a MobileNet by name.
+    """Build a MobileNet classifier or detector by name.
 
     Args:
         name: one of ``list_models()``.
         width_mult: the width multiplier alpha (V1 Sec. 3.3); any number > 0. Channels are
             rounded with ``layers.make_divisible``.
-        num_classes: classifier outputs.
-        in_chans: input channels (1 for grey images).
+        num_classes: classifier outputs (default 1000), or detector classes with the
+            background included (default 91, COCO's as torchvision numbers them).
+        in_chans: input channels (1 for grey images; detectors take RGB).
         dropout: dropout before the classifier; ``None`` keeps the model's default
             (V1: 0, V2 and V3: 0.2).
         act: activation of the V1 and V2 layers, ``"relu6"`` (default) or ``"relu"``.
@@ -78,16 +93,26 @@ def create_model(
             is loaded but a classifier for another ``num_classes`` (re-initialised) and a stem
             for another ``in_chans`` (RGB filters summed for grey input); one warning says so.
         features_only: return a backbone whose forward gives the maps at strides 4, 8, 16, 32.
+        reduced_tail: detectors on V3: the last stage with half the channels (V3 Sec. 6.3).
+        input_size: detectors: the side images are resized to (default 320 for SSDLite, 300
+            for SSD).
 
-    The input resolution is not an argument: any input of at least 32x32 works, and the
-    resolution multiplier rho is the input size / 224 (V1 Sec. 3.4).
+    A classifier's input resolution is not an argument: any input of at least 32x32 works, and
+    the resolution multiplier rho is the input size / 224 (V1 Sec. 3.4).
     """
-    args = ModelArgs(name, _check_width(width_mult), num_classes, in_chans, dropout, act)
     spec = get_spec(name)
+    detector = isinstance(spec, DetectorSpec)
+    if num_classes is None:
+        num_classes = 91 if detector else 1000
+    args = ModelArgs(name, _check_width(width_mult), num_classes, in_chans, dropout, act, reduced_tail, input_size)
     _check_args(args, spec)
-    model = MobileNet(
-        spec, width_mult=args.width_mult, num_classes=num_classes, in_chans=in_chans, dropout=dropout, act=act
-    )
+    if detector:
+        model = build_detector(spec, MODELS[spec.backbone], width_mult=args.width_mult, num_classes=num_classes,
+                               reduced=reduced_tail, input_size=input_size)
+    else:
+        model = MobileNet(
+            spec, width_mult=args.width_mult, num_classes=num_classes, in_chans=in_chans, dropout=dropout, act=act
+        )
     model.args = args
     if weights is not None:
         notes = load_pretrained(model, weights)
@@ -108,7 +133,19 @@ def _is_count(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def _check_args(args: ModelArgs, spec: ModelSpec) -> None:
+def _check_args(args: ModelArgs, spec: ModelSpec | DetectorSpec) -> None:
+    if isinstance(spec, DetectorSpec):
+        if args.in_chans != 3 or args.dropout is not None or args.act is not None:
+            raise ValueError(f"{args.name} is a detector: it takes RGB images (in_chans 3) and has no dropout or act")
+        if args.reduced_tail and not spec.backbone.startswith("mobilenet_v3"):
+            raise ValueError(f"reduced_tail is for the V3 detectors (V3 Sec. 6.3), not {args.name}")
+        if args.input_size is not None and (not _is_count(args.input_size) or args.input_size < MIN_INPUT_SIZE):
+            raise ValueError(f"input_size must be an integer >= {MIN_INPUT_SIZE}, got {args.input_size!r}")
+        if not _is_count(args.num_classes) or args.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 for a detector (background included), got {args.num_classes!r}")
+        return
+    if args.reduced_tail or args.input_size is not None:
+        raise ValueError(f"reduced_tail and input_size are detector arguments; {args.name} is a classifier")
     if not _is_count(args.num_classes):
         raise ValueError(f"num_classes must be an integer >= 1, got {args.num_classes!r}")
     if not _is_count(args.in_chans):

@@ -32,6 +32,8 @@ class TrainConfig:
     workers: int = 0
     subset: int | None = None  # first N training images only (quick runs, tests)
     weights: str | None = None  # start from these weights (fine-tuning) instead of from scratch
+    val_data: str | None = None  # detection: the validation annotations (COCO JSON)
+    reduced_tail: bool = False  # detectors on V3: C4-C5 halved
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

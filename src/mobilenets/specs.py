@@ -188,3 +188,20 @@ MOBILENET_V3_SMALL = ModelSpec(
     dropout=0.2,
     bn_eps=1e-3,
 )
+
+
+def reduced_tail(spec: ModelSpec) -> ModelSpec:
+    """The V3 detection backbone: the last stage (C5) with half the channels (V3 Sec. 6.3,
+    "Reduce the channel counts of C4-C5 layers"; torchvision's ``reduced_tail``).
+
+    From the last stride-2 bneck on, output channels are halved, and so are the expansions
+    after it and the final 1x1 convolution; that bneck keeps its expansion, which is where
+    SSDLite taps the stride-16 features.
+    """
+    last_s2 = max(i for i, r in enumerate(spec.rows) if isinstance(r, Bneck) and r.s == 2)
+    rows = [
+        dataclasses.replace(r, c=r.c // 2, exp=r.exp // 2 if i > last_s2 else r.exp) if isinstance(r, Bneck)
+        else dataclasses.replace(r, c=r.c // 2)
+        for i, r in enumerate(spec.rows[last_s2:], start=last_s2)
+    ]
+    return spec.with_rows(spec.rows[:last_s2] + tuple(rows), paper=f"{spec.paper}, reduced tail (V3 Sec. 6.3)")

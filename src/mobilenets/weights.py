@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from .files import load_torch, save_torch
 
-# One key that only each format has, checked in this order.
+# Keys that only each format has (classifier, detector), checked in this order.
 FORMAT_MARKERS = {
-    "mobilenets": "stem.conv.weight",
-    "torchvision": "features.0.0.weight",
-    "timm": "conv_stem.weight",
+    "mobilenets": ("stem.conv.weight", "backbone.stem.conv.weight"),
+    "torchvision": ("features.0.0.weight", "backbone.features.0.0.0.weight"),
+    "timm": ("conv_stem.weight",),
 }
 
 
@@ -43,8 +43,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def detect_format(state_dict: Mapping[str, Tensor]) -> str:
     """``"mobilenets"``, ``"torchvision"`` or ``"timm"``, from the keys of a state dict."""
-    for fmt, marker in FORMAT_MARKERS.items():
-        if marker in state_dict:
+    for fmt, markers in FORMAT_MARKERS.items():
+        if any(marker in state_dict for marker in markers):
             return fmt
     first = ", ".join(list(state_dict)[:3])
     raise ValueError(f"unrecognised weights (first keys: {first}); expected a state dict from mobilenets, "
@@ -53,6 +53,7 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
 
 STEM_KEY = "stem.conv.weight"
 CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
+CLASS_HEAD = "head.classification_head."  # a detector's class logits, one layer per feature map
 
 
 def convert_state_dict(
@@ -73,7 +74,13 @@ def convert_state_dict(
                 if key == CLASSIFIER_KEYS[0]:
                     notes.append(f"classifier re-initialised: {src.shape[0]} -> {tensor.shape[0]} classes")
                 continue
-            if key == STEM_KEY and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]:
+            if key.startswith(CLASS_HEAD) and src.shape[1:] == tensor.shape[1:]:
+                classes = getattr(getattr(model, "head", None), "classification_head", None)
+                note = f"classification head re-initialised for {classes.num_columns} classes" if classes else ""
+                if note and note not in notes:
+                    notes.append(note)
+                continue
+            if key.endswith(STEM_KEY) and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]:
                 src = adapt_input_conv(src, tensor.shape[1])
                 how = "RGB filters summed" if tensor.shape[1] == 1 else "filters repeated and rescaled"
                 notes.append(f"stem adapted: {src_key} from {tuple(state_dict[src_key].shape)[1]} to "

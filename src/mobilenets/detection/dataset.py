@@ -1,0 +1,132 @@
+"""Detection data for training and evaluation: images with their boxes, SSD augmentation.
+
+Augmentation (``ssd_augmentation``) is SSD's (Liu et al. Sec. 2.2, "Data augmentation") built
+from ``torchvision.transforms.v2``, which moves the boxes with the pixels: photometric
+distortion, zoom out (the image placed on a canvas up to 4x larger, for small objects), a
+random crop that keeps a minimum IoU with some object, horizontal flip; then the resize to
+the model's input size and the removal of boxes that became degenerate.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from ..preprocess import open_image
+from .annotations import Annotations, ImageRecord, read_coco, read_voc
+
+IMAGENET_MEAN_255 = (123, 117, 104)  # zoom-out canvas colour (torchvision's detection reference)
+
+
+def ssd_augmentation(size: int, hflip: float = 0.5) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomPhotometricDistort(p=0.5),
+        v2.RandomZoomOut(fill=defaultdict(lambda: 0, {tv_tensors.Image: IMAGENET_MEAN_255})),
+        v2.RandomIoUCrop(),
+        *([v2.RandomHorizontalFlip(hflip)] if hflip else []),
+        v2.Resize((size, size), antialias=True),
+        v2.SanitizeBoundingBoxes(),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def evaluation_transform() -> v2.Transform:
+    """Images at their own size: the model resizes them and maps its boxes back."""
+    return v2.ToDtype(torch.float32, scale=True)
+
+
+class DetectionDataset(Dataset):
+    """``(image, target)`` pairs: a float image in [0, 1] and ``{"boxes", "labels", "image_id"}``.
+
+    Crowd (COCO) and difficult (VOC) objects are left out of the targets. An image that cannot
+    be decoded is reported by name and gives ``None`` (``collate`` drops it).
+    """
+
+    def __init__(self, records: list[ImageRecord], transform: v2.Transform | None = None) -> None:
+        self.records, self.transform = records, transform or evaluation_transform()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict] | None:
+        r = self.records[index]
+        try:
+            image = tv_tensors.Image(v2.functional.pil_to_tensor(open_image(r.path)))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"warning: {e}; skipped", file=sys.stderr)
+            return None
+        keep = [i for i in range(len(r.boxes)) if not (r.crowd and r.crowd[i])]
+        boxes = torch.tensor([r.boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:])),
+            "labels": torch.tensor([r.labels[i] for i in keep], dtype=torch.int64),
+            "image_id": r.image_id,
+        }
+        image, target = self.transform(image, target)
+        target["boxes"] = target["boxes"].as_subclass(Tensor)
+        return image.as_subclass(Tensor), target
+
+
+def collate(batch: list) -> tuple[list[Tensor], list[dict]]:
+    """Lists of images and targets (detectors take images of any size), unreadable ones dropped."""
+    batch = [b for b in batch if b is not None]
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+@dataclass
+class DetectionData:
+    """Training and validation annotations of one data set, and their classes."""
+
+    name: str
+    train: Annotations
+    val: Annotations
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    def report(self) -> list[str]:
+        lines = [self.train.summary(), self.val.summary()]
+        return lines + self.train.problems.lines() + self.val.problems.lines()
+
+
+def load_detection_data(data: str, val_data: str | None = None) -> DetectionData:
+    """COCO JSON (``data`` = train.json, ``val_data`` = val.json) or a Pascal VOC folder
+    (``data``; its ``train`` and ``val`` image sets)."""
+    path = Path(data)
+    if path.is_dir():
+        if val_data:
+            raise ValueError("--val-data is for COCO JSON; a Pascal VOC folder brings its own val split")
+        train = read_voc(path, "train")
+        return DetectionData(str(path), train, read_voc(path, "val", train.class_names))
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"{data}: detection data is a COCO JSON file (with --val-data VAL.json) or a Pascal VOC "
+                         "folder")
+    if not val_data:
+        raise ValueError("COCO JSON training data needs --val-data VAL.json")
+    train, val = read_coco(path), read_coco(val_data)
+    if (val.class_names, val.category_ids) != (train.class_names, train.category_ids):
+        raise ValueError(f"{val_data} and {data} have different categories")
+    if not train.records or not val.records:
+        raise ValueError(f"no usable images in {data if not train.records else val_data}")
+    return DetectionData(str(path), train, val)
+
+
+def load_eval_annotations(data: str, class_names: list[str], category_ids: list[int]) -> Annotations:
+    """The annotations a trained detector is measured on: a COCO JSON file, or a VOC folder's
+    ``val`` split; their categories must be the detector's."""
+    path = Path(data)
+    annotations = read_voc(path, "val", class_names) if path.is_dir() else read_coco(path)
+    if (annotations.class_names, annotations.category_ids) != (class_names, category_ids):
+        raise ValueError(f"{data} has categories {annotations.class_names}, the detector was trained on {class_names}")
+    if not annotations.records:
+        raise ValueError(f"no usable images in {data}")
+    return annotations

@@ -1,0 +1,197 @@
+"""Export a detector to ONNX, OpenVINO, ExecuTorch or LiteRT, verified, optionally int8.
+
+ONNX and OpenVINO get ``DetectorGraph`` (normalisation, backbone, heads, box decoding, per-class
+NMS as ONNX's ``NonMaxSuppression``, top-K); the phone formats, which have no NMS operator, get
+``DetectorCore`` (up to the decoded boxes and scores) and leave NMS and top-K to the app
+(``graph.select_detections``). Batch norm is folded first, as for classifiers. After
+writing, the file runs in its runtime on the verification images and must give the same
+detections as PyTorch: every kept box, score and label (compared in a canonical order, since
+tied scores may come out in either order), box corners within ``BOX_TOLERANCE`` pixels and
+scores within ``SCORE_TOLERANCE``; else nothing is written. int8 (ONNX Runtime static QDQ on the
+convolutions; the post-processing stays float) is checked by how many of the fp32 boxes it
+keeps, and measured by ``mobilenets eval`` (COCO mAP).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from ..export import ExportResult, check_export, files_of, fold_batchnorm, write_mobile
+from ..files import atomic_write
+from ..metadata import ExportMeta, save_openvino, set_onnx_meta
+from ..runtimes import require
+from .graph import DetectorCore, DetectorGraph, onnx_translation
+from .model import SSD
+from .runtime import graph_runner
+
+BOX_TOLERANCE = 1e-2  # pixels of the model's input
+SCORE_TOLERANCE = 1e-4
+DETECTOR_FORMATS = ("onnx", "openvino", "executorch", "tflite")
+PHONE_FORMATS = ("executorch", "tflite")  # no NMS operator: the file stops after the box decoding
+
+
+def _write_onnx(graph: DetectorGraph, path: Path, meta: ExportMeta) -> None:
+    onnx = require("onnx")
+    example = torch.rand(2, 3, graph.size, graph.size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph, (example,), dynamo=True, verbose=False, input_names=["images"],
+            output_names=["boxes", "scores", "labels"], custom_translation_table=onnx_translation(),
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
+        )
+    proto = program.model_proto
+    set_onnx_meta(proto, meta.to_json())
+    onnx.save(proto, str(path))
+
+
+def _quantize_onnx(src: Path, dst: Path, batches: Sequence[Tensor], meta: ExportMeta) -> None:
+    """ONNX Runtime static int8 (QDQ, per-channel weights) of the convolutions only."""
+    onnx = require("onnx")
+    q = require("onnxruntime.quantization")
+    prepared = dst.with_name("prepared.onnx")
+    q.quant_pre_process(str(src), str(prepared))
+    data = iter(batches)
+
+    class Reader(q.CalibrationDataReader):
+        def get_next(self):
+            x = next(data, None)
+            return None if x is None else {"images": x.numpy()}
+
+    q.quantize_static(str(prepared), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, op_types_to_quantize=["Conv"])
+    proto = onnx.load(str(dst))
+    set_onnx_meta(proto, meta.to_json())
+    onnx.save(proto, str(dst))
+
+
+def _to_openvino(src: Path, dst: Path, meta: ExportMeta) -> None:
+    ov = require("openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_openvino(ov.convert_model(str(src)), dst, meta.to_json())
+
+
+def _rows(out: Sequence[Tensor], i: int, floor: float) -> Tensor:
+    """Image ``i``'s detections scored above ``floor`` as rows (score, label, x1, y1, x2, y2)."""
+    boxes, scores, labels = (t[i] for t in out)
+    keep = (labels > 0) & (scores.float() > floor)
+    return torch.cat([scores[keep, None].double(), labels[keep, None].double(), boxes[keep].double()], dim=1)
+
+
+def compare(reference: Sequence[Tensor], exported: Sequence[Tensor]) -> tuple[float, float]:
+    """(max box difference, max score difference) between two graphs' detections, matched one to
+    one (same label, nearest box: tied scores may come out in either order); a missing or extra
+    detection is infinite. Detections tied with the last kept score are left out: the top-K
+    cut may take either of them."""
+    worst_box = worst_score = 0.0
+    for i in range(len(reference[0])):
+        floor = float(reference[1][i].min()) + SCORE_TOLERANCE
+        a, b = _rows(reference, i, floor), _rows(exported, i, floor)
+        if a.shape != b.shape:
+            return float("inf"), float("inf")
+        free = list(range(len(b)))
+        for row in a:
+            same = [j for j in free if b[j, 1] == row[1]]
+            if not same:
+                return float("inf"), float("inf")
+            j = min(same, key=lambda j: (b[j, 2:] - row[2:]).abs().max().item())
+            free.remove(j)
+            worst_box = max(worst_box, (b[j, 2:] - row[2:]).abs().max().item())
+            worst_score = max(worst_score, abs(b[j, 0] - row[0]).item())
+    return worst_box, worst_score
+
+
+def kept_fraction(reference: Sequence[Tensor], exported: Sequence[Tensor], min_score: float = 0.3) -> float:
+    """Of the reference's boxes scored at least ``min_score``, the share the export finds too
+    (same label, IoU >= 0.5, any score): how much int8 changes what a user sees."""
+    found = total = 0
+    for rb, rs, rl, eb, el in zip(reference[0], reference[1], reference[2], exported[0], exported[2]):
+        mine = rs >= min_score
+        if not mine.any():
+            continue
+        iou = box_iou(rb[mine].float(), eb.float())
+        same = (rl[mine, None] == el[None, :]) & (iou >= 0.5)
+        found += same.any(dim=1).sum().item()
+        total += int(mine.sum())
+    return found / total if total else 1.0
+
+
+def export_detector(model: SSD, out: str | os.PathLike, fmt: str, *, class_names: Sequence[str],
+                    category_ids: Sequence[int], images: Sequence[Tensor], calibration: Sequence[Tensor] | None = None,
+                    max_detections: int = 100, log: Callable[[str], None] = print) -> ExportResult:
+    """Export ``model`` to ``out`` (``DETECTOR_FORMATS``), verified on ``images`` (resized float
+    batches (N, 3, S, S) in [0, 1]), atomically; ``calibration`` batches turn on int8."""
+    if fmt not in DETECTOR_FORMATS:
+        raise ValueError(f"detectors export to {', '.join(DETECTOR_FORMATS)}, not {fmt}")
+    int8 = calibration is not None
+    out = check_export(out, fmt, int8)
+    model = model.eval()
+    graph = DetectorGraph(fold_batchnorm(model), max_detections).eval()
+    reference_graph = DetectorGraph(model, max_detections).eval()
+    meta = ExportMeta(model_args=model.args.to_dict(), preprocess={}, class_names=tuple(class_names),
+                      input_size=graph.size, format=fmt, task="detection", category_ids=tuple(category_ids),
+                      max_detections=max_detections, iou_threshold=graph.iou_threshold,
+                      score_threshold=graph.score_threshold)
+    with torch.no_grad():
+        references = [reference_graph(x) for x in images]
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        if fmt in PHONE_FORMATS:
+            work = Path(tmp) / ("model" + out.suffix)
+            meta = write_mobile(DetectorCore(graph).eval(), work, meta, images[0][:1], calibration)
+        else:
+            work = Path(tmp) / "fp32.onnx"
+            _write_onnx(graph, work, meta)
+            if int8:
+                meta = replace(meta, int8="onnxruntime")
+                _quantize_onnx(work, Path(tmp) / "int8.onnx", calibration, meta)
+                work = Path(tmp) / "int8.onnx"
+            if fmt == "openvino":
+                _to_openvino(work, Path(tmp) / "model.xml", meta)
+                work = Path(tmp) / "model.xml"
+        run = graph_runner(work, meta)
+        outputs = [run(x) for x in images]
+        pairs = [compare(r, o) for r, o in zip(references, outputs)]
+        max_box, max_score = max(p[0] for p in pairs), max(p[1] for p in pairs)
+        agreement = None
+        if int8:
+            agreement = sum(kept_fraction(r, o) for r, o in zip(references, outputs)) / len(images)
+            if agreement < 0.9:
+                notes.append(f"int8 finds only {agreement:.1%} of the fp32 boxes scored >= 0.3")
+        elif not (max_box <= BOX_TOLERANCE and max_score <= SCORE_TOLERANCE):
+            raise ValueError(f"verification failed: the {fmt} detector's boxes differ from PyTorch's by {max_box:.2e} "
+                             f"px and scores by {max_score:.2e} (limits {BOX_TOLERANCE:g}, {SCORE_TOLERANCE:g}); "
+                             "nothing was written")
+        targets = files_of(out, fmt)
+        for src, dst in zip(files_of(work, fmt), targets, strict=True):
+            atomic_write(dst, lambda tmp_path, src=src: os.replace(src, tmp_path))
+    for note in notes:
+        log(f"warning: {note}")
+    return ExportResult(out, targets, fmt, meta.int8, max(max_box, max_score), sum(p.stat().st_size for p in targets),
+                        agreement, tuple(notes))
+
+
+def describe_export(result: ExportResult, images: int) -> str:
+    kind = f"int8 ({result.int8})" if result.int8 else "fp32"
+    inside = ("normalisation, backbone, heads, box decoding; NMS and top-K follow the file "
+              "(mobilenets.detection.graph.select_detections)" if result.format in PHONE_FORMATS
+              else "normalisation, backbone, heads, box decoding, NMS")
+    lines = [f"wrote {', '.join(str(p) for p in result.files)}  ({result.format} detector, {kind}, "
+             f"{result.size_bytes / 1e6:.2f} MB; resize to the input side, then one graph: {inside})"]
+    if result.int8:
+        lines.append(f"int8 finds {result.top1_agreement:.1%} of the fp32 boxes scored >= 0.3 on {images} images "
+                     "(measure its mAP with `mobilenets eval`)")
+    else:
+        lines.append(f"verified in its runtime on {images} images: same boxes, scores and labels as PyTorch "
+                     f"(max difference {result.max_diff:.2e}; limits {BOX_TOLERANCE:g} px, {SCORE_TOLERANCE:g})")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""A detection set made from Fashion-MNIST: items at several scales, with overlaps, on clutter.
+
+Each canvas gets a random colour gradient, translucent shapes and lines and some noise; then 1
+to 6 Fashion-MNIST items, each scaled to a side of 20 to 160 pixels, tinted, and pasted with
+their own grey level as opacity, so that later items partly hide earlier ones (two boxes
+overlap, see below). A box is the item's visible extent before occlusion (its
+pixels above ``INK``). Training canvases use the Fashion-MNIST training items, validation
+canvases the test items, so no item is seen in both. Written as PNG files plus COCO JSON.
+
+Two boxes never share more than ``MAX_OVERLAP`` of the smaller one's area, so no item is
+hidden behind another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ..files import atomic_write
+from .annotations import ImageRecord, to_coco
+
+MAX_OVERLAP = 0.4  # of the smaller box's area
+INK = 40  # grey level above which an item's pixel is part of the item
+MIN_SIDE, MAX_SIDE = 20, 160
+
+
+def _clutter(rng: np.random.Generator, size: int) -> Image.Image:
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, size)[:, None, None]
+    base = (a * (1 - t) + b * t).repeat(size, axis=1).astype(np.uint8)
+    img = Image.fromarray(base).convert("RGBA")
+    layer = Image.new("RGBA", (size, size))
+    draw = ImageDraw.Draw(layer)
+    for _ in range(rng.integers(4, 12)):
+        colour = (*(int(c) for c in rng.integers(0, 256, 3)), int(rng.integers(60, 160)))
+        x, y = rng.integers(-size // 4, size, 2)
+        w, h = rng.integers(size // 10, size // 2, 2)
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.rectangle((x, y, x + w, y + h), fill=colour)
+        elif kind == 1:
+            draw.ellipse((x, y, x + w, y + h), fill=colour)
+        else:
+            draw.line((x, y, x + w, y + h), fill=colour, width=int(rng.integers(2, 8)))
+    img = Image.alpha_composite(img, layer).convert("RGB")
+    noise = rng.normal(0, 8, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over the smaller box's area."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int
+                ) -> tuple[Image.Image, list[tuple[float, float, float, float]], list[int]]:
+    canvas = np.asarray(_clutter(rng, size)).astype(np.float32)
+    boxes, classes = [], []
+    for _ in range(rng.integers(1, 7)):
+        for _attempt in range(20):
+            side = int(np.exp(rng.uniform(np.log(MIN_SIDE), np.log(min(MAX_SIDE, size // 2)))))
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            k = int(rng.integers(len(items)))
+            mask = np.asarray(Image.fromarray(items[k]).resize((side, side), Image.BILINEAR)).astype(np.float32)
+            ys, xs = np.nonzero(mask > INK)
+            if len(xs) == 0:
+                continue
+            box = (float(x + xs.min()), float(y + ys.min()), float(x + xs.max() + 1), float(y + ys.max() + 1))
+            if all(_overlap(box, other) <= MAX_OVERLAP for other in boxes):
+                break
+        else:
+            continue
+        colour = rng.integers(0, 256, 3).astype(np.float32)
+        alpha = np.clip(mask / 255 * 1.3, 0, 1)[..., None]
+        region = canvas[y : y + side, x : x + side]
+        region[:] = region * (1 - alpha) + colour * alpha
+        boxes.append(box)
+        classes.append(int(labels[k]))
+    return Image.fromarray(canvas.astype(np.uint8)), boxes, classes
+
+
+def make_detection_data(out: str | Path, train: int = 2000, val: int = 400, size: int = 320, seed: int = 0,
+                        progress=None) -> dict[str, Path]:
+    """Write ``out/train.json``, ``out/val.json`` and their PNGs; return the JSON paths."""
+    if size < 2 * MIN_SIDE:
+        raise ValueError(f"--size must be at least {2 * MIN_SIDE} (items are {MIN_SIDE} to {MAX_SIDE} pixels)")
+    out = Path(out)
+    written = {}
+    for split, count, source, split_seed in (("train", train, "train", seed), ("val", val, "test", seed + 1)):
+        items, labels = (t.numpy() for t in load_fashion_mnist(source).tensors)
+        items = items[:, 0]
+        rng = np.random.default_rng(split_seed)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        records = []
+        for i in range(count):
+            image, boxes, classes = make_canvas(rng, items, labels, size)
+            path = out / split / f"{i:06d}.png"
+            atomic_write(path, lambda p, image=image: image.save(p, format="PNG"))
+            records.append(ImageRecord(str(path), i + 1, size, size, tuple(boxes), tuple(c + 1 for c in classes)))
+            if progress:
+                progress(split, i + 1, count)
+        doc = to_coco(records, FASHION_MNIST_CLASSES, list(range(1, 11)), out)
+        written[split] = out / f"{split}.json"
+        atomic_write(written[split], lambda p, doc=doc: p.write_text(json.dumps(doc)))
+    return written

@@ -1,0 +1,96 @@
+"""Detection as a training task: COCO or VOC data, SSD augmentation, SSD loss, COCO mAP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..adapt import DataFacts, batch_size_for, resolve
+from ..distributed import Dist
+from ..recipes import Recipe
+from ..registry import create_model, get_spec
+from ..run_config import TrainConfig
+from ..tasks import StepResult
+from .dataset import DetectionDataset, collate, load_detection_data, ssd_augmentation
+from .evaluate import evaluate_detector
+
+DETECTION_LR = 0.2  # per 256 images: torchvision's SSDLite reference (0.15 at 8 x 24)
+
+
+class DetectionTask:
+    """SSD / SSDLite training (loss: smooth L1 on encoded boxes + cross-entropy with 3:1 hard
+    negative mining, both per matched box, as torchvision's SSD computes it); the best epoch is
+    the one of highest COCO mAP@[.5:.95] on the validation set."""
+
+    metric = "val_map"
+    shown = ("train_loss", "val_map", "val_map50")  # in the per-epoch line (metrics.jsonl has all)
+    has_test = False
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.data = load_detection_data(cfg.data, cfg.val_data)
+        records = self.data.train.records[: cfg.subset] if cfg.subset else self.data.train.records
+        self.val = self.data.val
+        if cfg.subset:
+            self.val.records = self.val.records[: max(cfg.subset // 6, 1)]
+        self.class_names = self.data.class_names
+        self.train_set = DetectionDataset(records)
+        self.notes = self.data.train.problems.lines() + self.val.problems.lines()
+
+    def resolve(self, recipe: Recipe, world_size: int) -> Recipe:
+        spec = get_spec(self.cfg.model)
+        n = len(self.train_set)
+        recipe = recipe.replace(
+            input_size=recipe.input_size or spec.input_size,
+            batch_size=recipe.batch_size or min(32, batch_size_for(n, world_size)),
+            lr=recipe.lr if recipe.lr is not None or recipe.optimizer != "sgd" else DETECTION_LR,
+        )
+        return resolve(recipe, DataFacts(n, recipe.input_size, 3), world_size)
+
+    def prepare(self, recipe: Recipe, device: torch.device) -> None:
+        self.recipe = recipe
+        self.train_set.transform = ssd_augmentation(recipe.input_size, recipe.hflip)
+
+    def build_model(self, cfg: TrainConfig) -> nn.Module:
+        return create_model(cfg.model, width_mult=cfg.recipe.width_mult, num_classes=len(self.class_names) + 1,
+                            reduced_tail=cfg.reduced_tail, input_size=cfg.recipe.input_size)
+
+    def collate(self, batch: list):
+        return collate(batch)
+
+    def batch_size_of(self, batch) -> int:
+        return len(batch[0])
+
+    def step(self, net: nn.Module, batch, device: torch.device, autocast) -> StepResult:
+        images = [im.to(device, non_blocking=True) for im in batch[0]]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in batch[1]]
+        with autocast():
+            losses = net(images, targets)
+        box, cls = losses["bbox_regression"].float(), losses["classification"].float()
+        loss = box + cls
+        n = len(images)
+        value = loss.item()
+        stats = {"box_loss": box.item() * n, "cls_loss": cls.item() * n} if math.isfinite(value) else {}
+        return StepResult(loss, value, n, stats)
+
+    def evaluate(self, model: nn.Module, dist: Dist, split: str = "val", workers: int = 0) -> dict[str, float]:
+        return evaluate_detector(model, self.val, dist, workers=workers)
+
+    def checkpoint_fields(self) -> dict:
+        return {"class_names": self.class_names, "category_ids": self.data.train.category_ids}
+
+    def describe(self) -> str:
+        return f"{self.data.name}: {self.data.train.summary()}; {self.val.summary()}"
+
+    def describe_recipe(self, recipe: Recipe) -> str:
+        r = recipe
+        return (f"{r.epochs} epochs, batch {r.batch_size}, input {r.input_size}, {r.optimizer} lr {r.lr:g} per "
+                f"{r.lr_batch}, weight decay {r.weight_decay:g}, {r.schedule} schedule"
+                + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else "")
+                + (f", EMA {r.ema_decay:g}" if r.ema_decay else ", no EMA")
+                + f", SSD augmentation (photometric, zoom out, IoU crop, hflip {r.hflip:g})")
+
+    def format_test(self, test: dict) -> str:
+        return f"mAP {100 * test['map']:.2f} %, AP50 {100 * test['map50']:.2f} %"

@@ -1,0 +1,80 @@
+"""Detectors as ``mobilenets bench`` times them: ours on each backend, torchvision's SSDLite as the peer.
+
+Weights are random (timing needs no training), with one change that a trained detector has and a
+random one lacks: the classification bias gives the background 99 % of every anchor's score.
+With zero biases every class of every anchor scores 1/C, far above the 0.001 score threshold,
+and the timing would be that of non-maximum suppression over thousands of boxes per class, in
+ours and in the peer; with the background prior (RetinaNet's prior-probability initialisation,
+for a softmax) almost nothing passes it, as on an image without objects, so the timing is that of
+the network and its box decoding. The same holds for both implementations.
+
+Exported backends run the file written by ``mobilenets export`` (post-processing included, or
+after the file for the phone formats) on a batch already at the model's side; eager and the peer
+take a list of images at that side, as torchvision's detectors do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+BACKGROUND_PRIOR = 0.99
+FORMATS = {"ort": "onnx", "ort-int8": "onnx", "openvino": "openvino", "openvino-int8": "openvino",
+           "executorch": "executorch", "executorch-int8": "executorch", "litert": "tflite", "litert-int8": "tflite"}
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte", "tflite": ".tflite"}
+
+
+def with_background_prior(model: nn.Module, prior: float = BACKGROUND_PRIOR) -> nn.Module:
+    """Set the last convolution of every classification head so that softmax gives ``prior`` to
+    class 0 (background) and the rest evenly to the others, for any input (weights zeroed)."""
+    head = model.head.classification_head
+    classes = head.num_columns
+    for branch in head.module_list:
+        conv = [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1]
+        with torch.no_grad():
+            bias = conv.bias.view(-1, classes)  # channel a * C + k: anchor a, class k
+            bias.zero_()
+            bias[:, 0] = math.log(prior * (classes - 1) / (1 - prior))
+            conv.weight.mul_(0.01)  # the inputs' share of the logits stays small
+    return model.eval()
+
+
+def peer_detector(name: str, width_mult: float, input_size: int, reduced_tail: bool) -> tuple[str, nn.Module | None]:
+    """(label, torchvision's model) for our configuration, or (why not, None)."""
+    if (name, width_mult, input_size, reduced_tail) != ("ssdlite_mobilenet_v3_large", 1.0, 320, True):
+        return ("the peer is torchvision's ssdlite320_mobilenet_v3_large: ssdlite_mobilenet_v3_large "
+                "--reduced-tail at width 1.0 and 320 px"), None
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    return "torchvision ssdlite320_mobilenet_v3_large, eager fp32", with_background_prior(model)
+
+
+def detector_runner(backend: str, model: nn.Module, batch: Tensor, workdir: Path, threads: int
+                    ) -> tuple[Callable[[], object], int | None]:
+    """(timed call, file size) for ``model`` on ``backend`` (``peer``: torchvision's model, eager);
+    ``batch`` (N, 3, S, S) in [0, 1]."""
+    from ..export import fold_batchnorm
+
+    if backend in ("eager", "peer"):  # ours with BN folded, as for classifiers; the peer as it comes
+        net, images = (fold_batchnorm(model) if backend == "eager" else model).eval(), list(batch)
+        return (lambda: net(images)), None
+    if backend not in FORMATS:
+        raise ValueError(f"detectors are timed on eager and {', '.join(FORMATS)}; not {backend}")
+    from ..export import read_meta
+    from .export import export_detector
+    from .runtime import graph_runner
+
+    fmt = FORMATS[backend]
+    classes = model.head.classification_head.num_columns - 1
+    path = workdir / f"{backend}{SUFFIXES[fmt]}"
+    calibration = [torch.rand(8, *batch.shape[1:]) for _ in range(2)] if backend.endswith("-int8") else None
+    result = export_detector(model, path, fmt, class_names=[str(k) for k in range(classes)],
+                             category_ids=list(range(1, classes + 1)), images=[batch], calibration=calibration,
+                             log=lambda _: None)
+    run = graph_runner(path, read_meta(path), threads)
+    return (lambda: run(batch)), result.size_bytes

@@ -1,0 +1,120 @@
+"""COCO JSON and Pascal VOC readers: what they read, and every bad annotation reported."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mobilenets.detection.annotations import read_coco, read_voc
+from mobilenets.detection.dataset import DetectionDataset, collate, load_detection_data, ssd_augmentation
+from mobilenets.detection.synthetic import make_detection_data
+
+
+def write_coco(root, images, annotations, categories=({"id": 3, "name": "cat"}, {"id": 7, "name": "dog"})):
+    root.mkdir(parents=True, exist_ok=True)
+    for img in images:
+        if not img.get("missing"):
+            Image.new("RGB", (img.get("w", 64), img.get("h", 48)), (90, 30, 200)).save(root / img["file_name"])
+    doc = {"images": [{k: v for k, v in i.items() if k in ("id", "file_name", "width", "height")} for i in images],
+           "annotations": annotations, "categories": list(categories)}
+    (root / "ann.json").write_text(json.dumps(doc))
+    return root / "ann.json"
+
+
+def test_coco_reads_boxes_and_reports_every_problem(tmp_path):
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+              {"id": 2, "file_name": "b.png", "width": 64, "height": 48},
+              {"id": 3, "file_name": "gone.png", "width": 64, "height": 48, "missing": True}]
+    annotations = [
+        {"id": 10, "image_id": 1, "category_id": 7, "bbox": [4, 5, 20, 10]},  # good
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [50, 40, 30, 30]},  # crosses the border: clipped
+        {"id": 12, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]},  # unknown category
+        {"id": 13, "image_id": 2, "category_id": 3, "bbox": [10, 10, 0, 5]},  # zero area
+        {"id": 14, "image_id": 2, "category_id": 3, "bbox": [100, 100, 5, 5]},  # outside the image
+        {"id": 15, "image_id": 2, "category_id": 3},  # no bbox
+        {"id": 16, "image_id": 3, "category_id": 3, "bbox": [1, 1, 5, 5]},  # its image file is missing
+        {"id": 17, "image_id": 2, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 1},  # crowd: kept, ignored
+    ]
+    ann = read_coco(write_coco(tmp_path / "d", images, annotations))
+    assert ann.class_names == ["cat", "dog"] and ann.category_ids == [3, 7]
+    first = next(r for r in ann.records if r.image_id == 1)
+    assert first.boxes == ((4.0, 5.0, 24.0, 15.0), (50.0, 40.0, 64.0, 48.0)) and first.labels == (2, 1)
+    assert len(ann.records) == 2 and ann.num_boxes == 3
+    report = "\n".join(ann.problems.lines())
+    for expected in ("1 boxes crossing the image border clipped (annotation id 11)",
+                     "1 annotations of an unknown category skipped (annotation id 12: category 99)",
+                     "1 boxes of zero area skipped (annotation id 13)",
+                     "1 boxes outside the image skipped (annotation id 14)",
+                     "without 'image_id', 'category_id' or 'bbox' skipped (annotation id 15)",
+                     "1 images whose file is missing skipped (image id 3 (gone.png))",
+                     "1 annotations of an unknown or skipped image skipped (annotation id 16: image 3)"):
+        assert expected in report, report
+    assert all(line.startswith("warning: ann.json: ") for line in ann.problems.lines())
+    # the crowd box is in the record (for the metric) but not in the training target
+    second = next(r for r in ann.records if r.image_id == 2)
+    assert second.crowd == (True,)
+    _, target = DetectionDataset([second])[0]
+    assert len(target["boxes"]) == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "is not valid JSON"),
+    ('{"images": []}', "is not COCO JSON: no 'annotations' / 'categories' list"),
+    ('{"images": [], "annotations": [], "categories": [{"name": "x"}]}', "category #0 has no 'id' or 'name'"),
+])
+def test_coco_that_is_not_coco(tmp_path, content, message):
+    (tmp_path / "x.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_coco(tmp_path / "x.json")
+
+
+def test_unreadable_image_is_skipped_at_load_time(tmp_path, capfd):
+    path = write_coco(tmp_path / "d", [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+                      [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]}])
+    (tmp_path / "d" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    dataset = DetectionDataset(read_coco(path).records)
+    assert dataset[0] is None and "a.png" in capfd.readouterr().err
+    assert collate([None]) == ([], [])
+
+
+def write_voc(root, names=("0001", "0002"), split="train"):
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (100, 80)).save(root / "JPEGImages" / f"{name}.jpg")
+        (root / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.jpg</filename><size><width>100</width><height>80</height></size>"
+            "<object><name>bird</name><difficult>0</difficult><bndbox><xmin>11</xmin><ymin>21</ymin>"
+            "<xmax>50</xmax><ymax>60</ymax></bndbox></object>"
+            "<object><name>car</name><difficult>1</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>30</xmax><ymax>30</ymax></bndbox></object>"
+            "<object><name>car</name><bndbox><xmin>a</xmin></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_voc_folder(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    write_voc(root, names=("0002",), split="val")
+    data = load_detection_data(str(root))
+    assert data.class_names == ["bird", "car"] and len(data.train.records) == 2 and len(data.val.records) == 1
+    record = data.train.records[0]
+    assert record.boxes[0] == (10.0, 20.0, 50.0, 60.0)  # VOC's pixels are 1-based
+    assert record.labels == (1, 2) and record.crowd == (False, True)
+    assert "objects without a name or a numeric bndbox skipped" in "\n".join(data.train.problems.lines())
+    with pytest.raises(FileNotFoundError, match="ImageSets/Main/test.txt"):
+        read_voc(root, "test")
+
+
+def test_generated_set_is_coco_and_augments_with_its_boxes(tmp_path, fashion_mnist_dir):
+    written = make_detection_data(tmp_path / "det", train=6, val=2, size=128, seed=3)
+    data = load_detection_data(str(written["train"]), str(written["val"]))
+    assert len(data.train.records) == 6 and data.class_names[0] == "T-shirt/top" and not data.train.problems.found
+    boxes = [b for r in data.train.records for b in r.boxes]
+    assert all(0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128 for x1, y1, x2, y2 in boxes)
+    torch.manual_seed(0)
+    image, target = DetectionDataset(data.train.records, ssd_augmentation(96))[0]
+    assert image.shape == (3, 96, 96) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    assert target["boxes"].shape[1] == 4 and (target["boxes"] <= 96).all() and len(target["labels"]) == len(
+        target["boxes"])

@@ -1,0 +1,132 @@
+"""A detector end to end on a tiny generated set: train (resume-safe outputs), eval (COCO mAP),
+predict (boxes, drawn image), export with NMS inside the graph (ONNX Runtime, OpenVINO, int8)."""
+
+import json
+import re
+
+import onnx
+import pytest
+import torch
+from cli_helpers import assert_one_line_error, run_cli
+from model_helpers import randomize_batchnorm
+
+import mobilenets
+from mobilenets.detection.export import compare
+from mobilenets.detection.graph import DetectorGraph
+from mobilenets.detection.runtime import ExportedDetector, resize_batch
+from mobilenets.detection.synthetic import make_detection_data
+from mobilenets.export import read_meta
+
+MODEL = ["--model", "ssdlite_mobilenet_v3_small", "--reduced-tail", "--width-mult", "0.25", "--input-size", "96"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det")
+    from datasets import fake_fashion_mnist
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASHION_MNIST_DIR", str(fake_fashion_mnist(root / "fmnist")))
+        data = make_detection_data(root / "data", train=24, val=6, size=96, seed=1)
+    out = root / "run"
+    from mobilenets.cli import main
+
+    assert main(["train", *MODEL, "--data", str(data["train"]), "--val-data", str(data["val"]), "--epochs", "2",
+                 "--batch-size", "8", "--out", str(out)]) == 0
+    return data, out
+
+
+def test_training_writes_detection_outputs(trained):
+    _, out = trained
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "train_box_loss", "train_cls_loss", "val_map", "val_map50", "val_map75"):
+        assert all(isinstance(r[key], float) for r in records), key
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["class_names"][0] == "T-shirt/top" and ckpt["category_ids"] == list(range(1, 11))
+    assert ckpt["model_args"]["reduced_tail"] and ckpt["model_args"]["input_size"] == 96
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_reports_coco_map(trained, capsys):
+    data, out = trained
+    code, text, _ = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--json")
+    metrics = json.loads(text)
+    assert code == 0 and metrics["images"] == 6
+    assert set(metrics) >= {"map", "map50", "map75", "map_small", "map_medium", "map_large"}
+    assert 0 <= metrics["map"] <= metrics["map50"] <= 1
+
+
+def test_predict_prints_and_draws_boxes(trained, capsys, tmp_path):
+    data, out = trained
+    image = data["val"].parent / "val" / "000001.png"
+    code, text, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", image, "--min-score", "0",
+                              "--save", tmp_path / "drawn")
+    assert code == 0, err
+    first, *boxes = text.splitlines()
+    assert re.fullmatch(rf"{re.escape(str(image))}: \d+ object\(s\)", first) and len(boxes) > 1
+    label = boxes[0].split()[1]
+    assert label in ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                     "Ankle")  # (the last name has a space)
+    assert (tmp_path / "drawn" / "000001-boxes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def randomized(model):
+    randomize_batchnorm(model)  # and head outputs that vary: distinct scores
+    for m in model.head.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, 0, 0.05)
+    return model.eval()
+
+
+def test_graph_gives_the_models_own_detections():
+    model = randomized(mobilenets.create_model("ssdlite_mobilenet_v3_small", width_mult=0.5, num_classes=4,
+                                               input_size=128))
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    with torch.no_grad():
+        own = model(images)
+        graph = DetectorGraph(model, max_detections=20).eval()(torch.stack(images))
+    # the model's post-processing (torchvision's: top 300 per class, batched NMS) and the graph's
+    # (ONNX NonMaxSuppression per class, top K) keep the same best boxes
+    top = [torch.stack([o["boxes"][:20] for o in own]), torch.stack([o["scores"][:20] for o in own]),
+           torch.stack([o["labels"][:20] for o in own])]
+    box, score = compare(top, graph)
+    assert box < 1e-3 and score < 1e-5
+
+
+@pytest.mark.parametrize("fmt, int8", [("onnx", False), ("openvino", True), ("executorch", False), ("tflite", True)])
+def test_export_verified_in_its_runtime(trained, capsys, tmp_path, fmt, int8):
+    data, out = trained
+    path = tmp_path / ("det" + {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte", "tflite": ".tflite"}[fmt])
+    code, text, err = run_cli(capsys, "export", "--checkpoint", out / "best.pt", "--format", fmt, "--out", path,
+                              "--calib-data", data["train"], *(["--int8"] if int8 else []))
+    assert code == 0, err
+    assert ("int8 finds" in text) if int8 else ("same boxes, scores and labels as PyTorch" in text)
+    assert ("NMS and top-K follow the file" in text) == (fmt in ("executorch", "tflite"))
+    if fmt == "onnx":
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "NonMaxSuppression" in ops and all(n.domain in ("", "ai.onnx") for n in onnx.load(str(path)).graph.node)
+        exported = ExportedDetector(path, read_meta(path))
+        model = mobilenets.create_model(**torch.load(out / "best.pt", weights_only=True)["model_args"])
+        model.load_state_dict(torch.load(out / "best.pt", weights_only=True)["model"])
+        images = [torch.rand(3, 120, 80), torch.rand(3, 96, 96)]
+        with torch.no_grad():
+            theirs = DetectorGraph(model.eval(), 100)(resize_batch(images, 96))
+        mine = exported.run(resize_batch(images, 96))
+        assert max(compare(theirs, mine)) < 1e-2
+        boxes = exported(images)[0]["boxes"]
+        assert (boxes[:, 2] <= 80 + 1e-3).all() and (boxes[:, 3] <= 120 + 1e-3).all()  # in the image's own pixels
+    code, text, _ = run_cli(capsys, "eval", "--checkpoint", path, "--data", data["val"], "--json")
+    assert code == 0 and json.loads(text)["images"] == 6
+
+
+def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
+    data, out = trained
+    code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "COCO JSON training data needs --val-data VAL.json")
+    (tmp_path / "bad.json").write_text("{}")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", tmp_path / "bad.json")
+    assert_one_line_error(code, err, "is not COCO JSON")
+    code, _, err = run_cli(capsys, "export", "--checkpoint", out / "best.pt", "--format", "torchscript",
+                           "--out", tmp_path / "d.ts")
+    assert_one_line_error(code, err, "detectors export to onnx or openvino")
