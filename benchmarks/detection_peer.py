@@ -9,7 +9,7 @@ side on the same batches before training), so both train for about the same wall
 the validation mAP of each, as ``mobilenets eval`` computes it.
 
     .venv/bin/python benchmarks/detection_peer.py --data runs/det-data/train.json \\
-        --val-data runs/det-data/val.json --epochs 12 --out runs/det-peer
+        --val-data runs/det-data/val.json --minutes 30 --out runs/det-peer
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--val-data", required=True)
-    p.add_argument("--epochs", type=int, required=True, help="our epochs; the peer's follow from its speed")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=int, help="our epochs; the peer's follow from its speed")
+    budget.add_argument("--minutes", type=float, help="our epochs from our measured speed to fit this time")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()
@@ -68,9 +70,12 @@ def main() -> None:
     probes = {}
     for name, task in (("ours", DetectionTask), ("torchvision", TorchvisionPeer)):
         train_module.make_task = task
-        probes[name] = Trainer(config(f"probe-{name}", args.epochs), quiet=True)
+        probes[name] = Trainer(config(f"probe-{name}", args.epochs or 1), quiet=True)
     batches = [b for b, _ in zip(probes["ours"].train_loader, range(3))]
     speeds = {name: images_per_second(t, batches) for name, t in probes.items()}
+    if args.minutes:  # training steps plus about a third of that again (data, validation, checkpoints)
+        train_images = len(probes["ours"].train_loader.dataset)
+        args.epochs = max(1, int(args.minutes * 60 / (1.35 * train_images / speeds["ours"])))
     peer_epochs = max(1, round(args.epochs * speeds["torchvision"] / speeds["ours"]))
     print(f"training images/s: ours {speeds['ours']:.1f}, torchvision {speeds['torchvision']:.1f} "
           f"({speeds['ours'] / speeds['torchvision']:.2f}x); epochs: ours {args.epochs}, torchvision {peer_epochs}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenets import create_model, list_models
+from mobilenets import MODELS, create_model
 from mobilenets.export import FORMATS, export_model
 from mobilenets.preprocess import Preprocess
 
@@ -38,7 +38,7 @@ def with_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list_models())
+    p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--widths", nargs="+", type=float, default=[1.0, 0.75, 0.5, 0.25])
     p.add_argument("--formats", nargs="+", default=["executorch", "tflite"])
     p.add_argument("--input-size", type=int, default=64)

@@ -129,4 +129,4 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "is not COCO JSON")
     code, _, err = run_cli(capsys, "export", "--checkpoint", out / "best.pt", "--format", "torchscript",
                            "--out", tmp_path / "d.ts")
-    assert_one_line_error(code, err, "detectors export to onnx or openvino")
+    assert_one_line_error(code, err, "detectors export to onnx, openvino, executorch, tflite, not torchscript")

@@ -10,7 +10,7 @@ from mobilenets import export as ex
 from mobilenets.preprocess import Preprocess
 from mobilenets.quantize import calibration_batches
 
-ALL_MODELS = list(mobilenets.MODELS)  # classifiers (detectors: test_detection_export.py)
+ALL_MODELS = list(mobilenets.MODELS)  # classifiers (detectors: test_detection_train.py)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

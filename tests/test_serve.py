@@ -2,6 +2,7 @@
 
 import io
 import random
+import re
 import struct
 import threading
 import time
@@ -240,15 +241,18 @@ def test_backends_give_the_eager_answer(tiny_classifier, images, backend, tmp_pa
                                                                        abs=1e-4)
 
 
-def test_exported_file_is_served_in_its_runtime(tiny_classifier, images, tmp_path, capsys):
-    path = tmp_path / "tiny.onnx"
-    assert run_cli(capsys, "export", "--checkpoint", tiny_classifier, "--format", "onnx", "--out", path)[0] == 0
+@pytest.mark.parametrize("fmt, suffix, backend, runtime", [("onnx", ".onnx", "ort", "ONNX Runtime"),
+                                                            ("tflite", ".tflite", "litert", "LiteRT (XNNPACK)")])
+def test_exported_file_is_served_in_its_runtime(tiny_classifier, images, tmp_path, capsys, fmt, suffix, backend,
+                                                runtime):
+    path = tmp_path / f"tiny{suffix}"
+    assert run_cli(capsys, "export", "--checkpoint", tiny_classifier, "--format", fmt, "--out", path)[0] == 0
     served = load_servable(path)
-    assert (served.backend, served.runtime, served.name) == ("ort", "ONNX Runtime", "tiny.onnx")
+    assert (served.backend, served.runtime, served.name) == (backend, runtime, path.name)
     result = served.run_batch([Item(*served.prepare(images[0][0].read_bytes()))])[0]
     reference = predict(load_model(tiny_classifier), [images[0][0]])[0]
     assert [p["label"] for p in result["predictions"]] == [name for name, _ in reference]
-    with pytest.raises(ValueError, match="runs in ONNX Runtime"):
+    with pytest.raises(ValueError, match=f"runs in {re.escape(runtime)}"):
         load_servable(path, "openvino")
 
 

@@ -26,7 +26,8 @@ from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .tasks import Classifier, Detector, Item
 
 BACKENDS = {"eager": None, "ort": "onnx", "openvino": "openvino"}  # backend -> export format it runs
-FORMAT_BACKEND = {"onnx": "ort", "openvino": "openvino", "torchscript": "eager", "exported-program": "eager"}
+FORMAT_BACKEND = {"onnx": "ort", "openvino": "openvino", "torchscript": "eager", "exported-program": "eager",
+                  "executorch": "executorch", "tflite": "litert", "coreml": "coreml"}
 EAGER = "PyTorch (eager)"
 
 Calibration = Callable[[Preprocess], list[Tensor]]  # a classifier's preprocessing -> int8 calibration batches
@@ -81,7 +82,7 @@ def load_servable(
     if fmt is not None:
         if backend is not None and backend != FORMAT_BACKEND[fmt]:
             raise ValueError(f"{path.name} is a {fmt} export and runs in {FORMATS[fmt].runtime}; --backend applies "
-                             f"to training checkpoints (leave it out, or give {FORMAT_BACKEND[fmt]})")
+                             "to training checkpoints (leave it out)")
         if calibration is not None:
             raise ValueError(f"{path.name} is already exported; for int8, export the checkpoint with --int8")
         return _load_exported(path, fmt, threads)
