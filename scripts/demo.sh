@@ -16,7 +16,7 @@ run() { printf '+ mobilenets %s\n' "$*"; "$PY" -m mobilenets "$@"; }
 step "cost: MobileNet V1 against the paper's tables"
 run cost --paper
 
-step "train: MobileNet V1 x$WIDTH on Fashion-MNIST, $EPOCHS epochs (the full recipe: x1.0, 30 epochs; docs/results.md)"
+step "train: MobileNet V1 x$WIDTH on Fashion-MNIST, $EPOCHS epochs (the full recipe: x1.0, 20 epochs; docs/results.md)"
 run train --model mobilenet_v1 --data fashion-mnist --recipe fashion-mnist --width-mult "$WIDTH" --epochs "$EPOCHS" \
   --out "$OUT"
 
@@ -44,8 +44,11 @@ run predict --checkpoint "$OUT/best.pt" --top-k 3 "$OUT"/samples/*.png
 step "export: ONNX with batch norm folded, checked against PyTorch"
 run export --checkpoint "$OUT/best.pt" --format onnx --out "$OUT/model.onnx"
 
+step "export for phones: LiteRT int8 (full integer), run in LiteRT and checked against PyTorch"
+run export --checkpoint "$OUT/best.pt" --format tflite --int8 --calib-data fashion-mnist --out "$OUT/model-int8.tflite"
+
 step "bench: latency of MobileNet V1 at the demo's width and input size, batch 1"
-run bench --model mobilenet_v1 --width-mult "$WIDTH" --input-size 56 --backends eager ort openvino --repeats 30
+run bench --model mobilenet_v1 --width-mult "$WIDTH" --input-size 72 --backends eager ort openvino litert --repeats 30
 
 step "detection: a generated Fashion-MNIST detection set (items at several scales, overlapping, on clutter)"
 run make-detection-data --out "$OUT/det-data" --train "${DEMO_DET_TRAIN:-300}" --val 60 --size 256
