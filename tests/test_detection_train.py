@@ -15,7 +15,7 @@ from mobilenets.detection.export import compare
 from mobilenets.detection.graph import DetectorGraph
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
-from mobilenets.export import read_meta
+from mobilenets.export import FORMATS, read_meta
 
 MODEL = ["--model", "ssdlite_mobilenet_v3_small", "--reduced-tail", "--width-mult", "0.25", "--input-size", "96"]
 
@@ -97,7 +97,7 @@ def test_graph_gives_the_models_own_detections():
 @pytest.mark.parametrize("fmt, int8", [("onnx", False), ("openvino", True), ("executorch", False), ("tflite", True)])
 def test_export_verified_in_its_runtime(trained, capsys, tmp_path, fmt, int8):
     data, out = trained
-    path = tmp_path / ("det" + {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte", "tflite": ".tflite"}[fmt])
+    path = tmp_path / ("det" + FORMATS[fmt].suffixes[0])
     code, text, err = run_cli(capsys, "export", "--checkpoint", out / "best.pt", "--format", fmt, "--out", path,
                               "--calib-data", data["train"], *(["--int8"] if int8 else []))
     assert code == 0, err

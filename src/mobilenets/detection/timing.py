@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .export import DETECTOR_FORMATS
+
 BACKGROUND_PRIOR = 0.99
-FORMATS = {"ort": "onnx", "ort-int8": "onnx", "openvino": "openvino", "openvino-int8": "openvino",
-           "executorch": "executorch", "executorch-int8": "executorch", "litert": "tflite", "litert-int8": "tflite"}
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte", "tflite": ".tflite"}
 
 
 def with_background_prior(model: nn.Module, prior: float = BACKGROUND_PRIOR) -> nn.Module:
@@ -58,21 +57,24 @@ def detector_runner(backend: str, model: nn.Module, batch: Tensor, workdir: Path
                     ) -> tuple[Callable[[], object], int | None]:
     """(timed call, file size) for ``model`` on ``backend`` (``peer``: torchvision's model, eager);
     ``batch`` (N, 3, S, S) in [0, 1]."""
-    from ..export import fold_batchnorm
+    from ..bench import BACKENDS
+    from ..export import FORMATS, fold_batchnorm
 
     if backend in ("eager", "peer"):  # ours with BN folded, as for classifiers; the peer as it comes
         net, images = (fold_batchnorm(model) if backend == "eager" else model).eval(), list(batch)
         return (lambda: net(images)), None
-    if backend not in FORMATS:
-        raise ValueError(f"detectors are timed on eager and {', '.join(FORMATS)}; not {backend}")
+    timed = [name for name, b in BACKENDS.items() if b.format in DETECTOR_FORMATS and b.precision != "bf16"]
+    if backend not in timed:
+        raise ValueError(f"detectors are timed on eager and {', '.join(timed)}; not {backend}")
     from ..export import read_meta
     from .export import export_detector
     from .runtime import graph_runner
 
-    fmt = FORMATS[backend]
+    spec = BACKENDS[backend]
+    fmt = spec.format
     classes = model.head.classification_head.num_columns - 1
-    path = workdir / f"{backend}{SUFFIXES[fmt]}"
-    calibration = [torch.rand(8, *batch.shape[1:]) for _ in range(2)] if backend.endswith("-int8") else None
+    path = workdir / f"{backend}{FORMATS[fmt].suffixes[0]}"
+    calibration = [torch.rand(8, *batch.shape[1:]) for _ in range(2)] if spec.precision == "int8" else None
     result = export_detector(model, path, fmt, class_names=[str(k) for k in range(classes)],
                              category_ids=list(range(1, classes + 1)), images=[batch], calibration=calibration,
                              log=lambda _: None)
