@@ -71,12 +71,15 @@ def main() -> None:
     for name, task in (("ours", DetectionTask), ("torchvision", TorchvisionPeer)):
         train_module.make_task = task
         probes[name] = Trainer(config(f"probe-{name}", args.epochs or 1), quiet=True)
+    start = time.perf_counter()
     batches = [b for b, _ in zip(probes["ours"].train_loader, range(3))]
+    load = (time.perf_counter() - start) / sum(len(b[0]) for b in batches)  # seconds per image, both the same
     speeds = {name: images_per_second(t, batches) for name, t in probes.items()}
-    if args.minutes:  # training steps plus about a third of that again (data, validation, checkpoints)
+    seconds_per_image = {name: load + 1 / speed for name, speed in speeds.items()}
+    if args.minutes:  # plus a tenth for validation and checkpoints
         train_images = len(probes["ours"].train_loader.dataset)
-        args.epochs = max(1, int(args.minutes * 60 / (1.35 * train_images / speeds["ours"])))
-    peer_epochs = max(1, round(args.epochs * speeds["torchvision"] / speeds["ours"]))
+        args.epochs = max(1, int(args.minutes * 60 / (1.1 * train_images * seconds_per_image["ours"])))
+    peer_epochs = max(1, round(args.epochs * seconds_per_image["ours"] / seconds_per_image["torchvision"]))
     print(f"training images/s: ours {speeds['ours']:.1f}, torchvision {speeds['torchvision']:.1f} "
           f"({speeds['ours'] / speeds['torchvision']:.2f}x); epochs: ours {args.epochs}, torchvision {peer_epochs}")
 

@@ -103,7 +103,7 @@ def make_tiny_detector(folder: Path) -> Path:
                                     num_classes=11).eval()
     with torch.no_grad():
         for p in model.head.parameters():
-            p.normal_(0, 0.3)
+            p.normal_(0, 0.4)
     path = folder / "detector.pt"
     mobilenets.save_weights(model, path, class_names=list(FASHION_MNIST_CLASSES), category_ids=list(range(1, 11)))
     return path

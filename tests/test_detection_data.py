@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from mobilenets.detection.annotations import read_coco, read_voc
-from mobilenets.detection.dataset import DetectionDataset, collate, load_detection_data, ssd_augmentation
+from mobilenets.detection.dataset import DetectionDataset, box_augmentation, collate, load_detection_data
 from mobilenets.detection.synthetic import make_detection_data
 
 
@@ -114,7 +114,19 @@ def test_generated_set_is_coco_and_augments_with_its_boxes(tmp_path, fashion_mni
     boxes = [b for r in data.train.records for b in r.boxes]
     assert all(0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128 for x1, y1, x2, y2 in boxes)
     torch.manual_seed(0)
-    image, target = DetectionDataset(data.train.records, ssd_augmentation(96))[0]
+    image, target = DetectionDataset(data.train.records, box_augmentation("ssd", 96))[0]
     assert image.shape == (3, 96, 96) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
     assert target["boxes"].shape[1] == 4 and (target["boxes"] <= 96).all() and len(target["labels"]) == len(
         target["boxes"])
+
+
+def test_mild_augmentation_keeps_every_object_whole_and_at_scale(tmp_path, fashion_mnist_dir):
+    written = make_detection_data(tmp_path / "det", train=4, val=1, size=128, seed=5)
+    records = load_detection_data(str(written["train"]), str(written["val"])).train.records
+    torch.manual_seed(0)
+    for record, (image, target) in zip(records, DetectionDataset(records, box_augmentation("mild", 64, hflip=1.0))):
+        assert image.shape == (3, 64, 64)
+        original = torch.tensor(record.boxes) / 2  # 128 -> 64: the same boxes, mirrored
+        mirrored = torch.stack([64 - original[:, 2], original[:, 1], 64 - original[:, 0], original[:, 3]], 1)
+        torch.testing.assert_close(target["boxes"], mirrored)
+        assert target["labels"].tolist() == list(record.labels)

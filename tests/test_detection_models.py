@@ -32,6 +32,18 @@ def test_detector_trains_and_detects(name):
         assert (det["labels"] >= 1).all() and (det["labels"] < 4).all()  # 0 is background
 
 
+@pytest.mark.parametrize("name", ["ssdlite_mobilenet_v3_small", "ssd_mobilenet_v1"])
+def test_a_new_detector_sees_background_everywhere(name):
+    # the background prior: at initialisation every default box is background with ~0.99, so the
+    # first steps learn the objects instead of unlearning thousands of false positives
+    torch.manual_seed(0)
+    model = mobilenets.create_model(name, **SMALL).eval()
+    features = list(model.backbone(torch.rand(2, 3, 128, 128)).values())
+    scores = model.head(features)["cls_logits"].softmax(-1)
+    assert scores.shape == (2, model.num_boxes, 4)
+    assert (scores[..., 0] - 0.99).abs().max() < 0.005
+
+
 @pytest.mark.parametrize("name, boxes", [("ssdlite_mobilenet_v3_large", 3234), ("ssdlite_mobilenet_v2", 3234),
                                          ("ssd_mobilenet_v1", 1917)])
 def test_default_boxes_per_image(name, boxes):

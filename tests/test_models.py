@@ -157,7 +157,8 @@ def test_wrong_channel_count():
         model(torch.randn(1, 3, 64, 64))
 
 
-@pytest.mark.parametrize("kind", ["pointwise", "depthwise s1", "depthwise s2", "depthwise on a 2x2 map"])
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise s1", "depthwise s2", "depthwise 5x5",
+                                  "depthwise on a 2x2 map"])
 def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
     # Under CPU bf16 autocast with gradients, ConvBNAct computes its convolution in the way
     # oneDNN trains fastest (pointwise as a GEMM, strided depthwise in fp32, tiny maps padded
@@ -165,7 +166,8 @@ def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
     from mobilenets.layers import ConvBNAct
 
     c, size, stride, groups, k = {"pointwise": (16, 8, 1, 1, 1), "depthwise s1": (16, 8, 1, 16, 3),
-                                  "depthwise s2": (16, 8, 2, 16, 3), "depthwise on a 2x2 map": (16, 2, 1, 16, 3)}[kind]
+                                  "depthwise s2": (16, 8, 2, 16, 3), "depthwise 5x5": (16, 8, 1, 16, 5),
+                                  "depthwise on a 2x2 map": (16, 2, 1, 16, 3)}[kind]
     layer = ConvBNAct(c, c, k, stride, groups=groups).eval()  # eval: BN uses fixed statistics on both paths
     x = torch.randn(4, c, size, size).to(memory_format=torch.channels_last).bfloat16()
     seen = []
@@ -178,5 +180,7 @@ def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
     assert torch.allclose(trained.float(), plain.float(), atol=0.05, rtol=0.02)
     trained.float().sum().backward()
     assert layer.conv.weight.grad is not None and torch.isfinite(layer.conv.weight.grad).all()
-    if kind == "depthwise s2":
-        assert seen[0] == torch.float32  # oneDNN's bf16 backward of a strided depthwise conv is slow
+    if kind in ("depthwise s2", "depthwise 5x5"):
+        assert seen[0] == torch.float32  # oneDNN's bf16 backward of these depthwise convs is slow
+    elif kind == "depthwise s1":
+        assert seen[0] == torch.bfloat16

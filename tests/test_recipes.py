@@ -28,6 +28,8 @@ def test_default_recipe_resolves_from_the_data():
     assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.5, 1.0, 2, 0.9798)  # 8 x 62 steps
     photos = resolve(get_recipe("default").replace(epochs=50), DataFacts(20000, 375, 3))
     assert (photos.input_size, photos.min_crop, photos.eval_crop, photos.warmup_epochs) == (224, 0.25, 0.875, 5.0)
+    # detection: SSD's zoom out and IoU crop only in long runs
+    assert (digits.box_augment, photos.box_augment) == ("mild", "ssd")
     # what the user sets is kept, and a named recipe has nothing left to decide
     mine = resolve(get_recipe("default").replace(input_size=96, ema_decay=0.0, lr=0.1), DataFacts(4000, 20, 1))
     assert (mine.input_size, mine.ema_decay, mine.lr) == (96, 0.0, 0.1)

@@ -205,7 +205,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .recipes import OPTIMIZERS
+    from .recipes import BOX_AUGMENTS, OPTIMIZERS
 
     p.add_argument("--model", required=True, help="model name (see `mobilenets list`)")
     p.add_argument("--data", required=True, help="fashion-mnist, an image folder (train/ and val/, or --val-split); "
@@ -243,6 +243,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="horizontal flip probability (0: never, for data where a mirror image is another class)")
     g.add_argument("--min-crop", type=float, default=None, metavar="F",
                    help="smallest random crop, as a fraction of the image's area (image folders)")
+    g.add_argument("--box-augment", choices=BOX_AUGMENTS, default=None,
+                   help="detectors: SSD's augmentation (zoom out, IoU crop, photometric, flip) or only photometric "
+                   "and flip (default: mild for runs under 30 epochs)")
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--ema-decay", type=float, default=None, help="EMA of weights (0 turns it off)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 / fp16 autocast")
@@ -358,7 +361,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "val_data",
                   "reduced_tail", "width_mult",
                   "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
-                  "label_smoothing", "hflip", "min_crop", "ema_decay", "amp", "channels_last", "compile",
+                  "label_smoothing", "hflip", "min_crop", "box_augment", "ema_decay", "amp", "channels_last", "compile",
                   "freeze_backbone", "backbone_lr_scale")
     }
     if args.weights:

@@ -72,7 +72,8 @@ class ConvBNAct(nn.Module):
         Measured fwd + bwd on AMX (benchmarks/train_throughput.py, docs/results.md): oneDNN's bf16
         1x1 convolution backward is 1.3x to 7x slower than the equivalent GEMM, most on small
         maps, so a pointwise layer on channels-last input runs as ``linear`` over the channels;
-        its bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2, so those run in
+        its bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2, and 3.7x to 4x
+        slower for 5x5 kernels at stride 1 (V3's; 10x10 to 40x40 maps, batch 32), so those run in
         fp32 (depthwise layers hold ~3 % of the mult-adds, V1 Table 2), and 4x slower on maps
         below 4x4 unless the input is padded explicitly.
         """
@@ -80,7 +81,7 @@ class ConvBNAct(nn.Module):
         if conv.kernel_size == (1, 1) and conv.groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
             y = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
             return y.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last, no copy
-        if self.depthwise and conv.stride != (1, 1):
+        if self.depthwise and (conv.stride != (1, 1) or conv.kernel_size[0] > 3):
             with torch.autocast("cpu", enabled=False):  # back to bf16 so that BN reads half the bytes
                 return conv(x.float()).to(torch.get_autocast_dtype("cpu"))
         if self.depthwise and min(x.shape[-2:]) < 4:  # padded beforehand, the map is no longer tiny

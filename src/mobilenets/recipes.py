@@ -68,6 +68,9 @@ class Recipe:
     pad: int | None = 0  # AUTO: a twelfth of a small image's side
     hflip: float = 0.5
     erase: float = 0.0
+    # detection: SSD's augmentation ("ssd": photometric, zoom out, IoU crop, flip) or only its
+    # photometric distortion and flip ("mild"); AUTO (the default recipe): mild for short runs
+    box_augment: str | None = "ssd"
     eval_crop: float | None = 0.875  # centre crop of the evaluation transform (ImageNet's 224 / 256); AUTO
     ema_decay: float | None = 0.0  # 0 turns the exponential moving average of weights off; AUTO: follows the steps
     amp: bool = False  # bf16 autocast (CPU with native bf16, or CUDA); fp16 + scaler on older GPUs
@@ -79,6 +82,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         get_optimizer_defaults(self.optimizer)
+        if self.box_augment not in (None, *BOX_AUGMENTS):
+            raise ValueError(f"box-augment must be one of {', '.join(BOX_AUGMENTS)}, got {self.box_augment!r}")
         ranges = {  # field: (low, high, low included); None values are AUTO
             "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True), "input_size": (1, math.inf, True),
             "lr": (0, math.inf, False), "weight_decay": (0, math.inf, True), "warmup_epochs": (0, math.inf, True),
@@ -106,7 +111,9 @@ class Recipe:
         return [name for name in AUTO_FIELDS if getattr(self, name) is None]
 
 
-AUTO_FIELDS = ("batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad", "eval_crop", "ema_decay")
+AUTO_FIELDS = ("batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad", "eval_crop", "ema_decay",
+               "box_augment")
+BOX_AUGMENTS = ("ssd", "mild")
 
 
 def get_optimizer_defaults(name: str) -> OptimizerDefaults:
@@ -134,6 +141,7 @@ RECIPES: dict[str, Recipe] = {
         pad=AUTO,
         eval_crop=AUTO,
         ema_decay=AUTO,
+        box_augment=AUTO,
         amp=True,
     ),
     "paper": Recipe(

@@ -4,7 +4,8 @@ Augmentation (``ssd_augmentation``) is SSD's (Liu et al. Sec. 2.2, "Data augment
 from ``torchvision.transforms.v2``, which moves the boxes with the pixels: photometric
 distortion, zoom out (the image placed on a canvas up to 4x larger, for small objects), a
 random crop that keeps a minimum IoU with some object, horizontal flip; then the resize to
-the model's input size and the removal of boxes that became degenerate.
+the model's input size and the removal of boxes that became degenerate. ``mild_augmentation``
+keeps only the photometric distortion and the flip, for short runs (``Recipe.box_augment``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,27 @@ from .annotations import Annotations, ImageRecord, read_coco, read_voc
 IMAGENET_MEAN_255 = (123, 117, 104)  # zoom-out canvas colour (torchvision's detection reference)
 
 
+def box_augmentation(name: str, size: int, hflip: float = 0.5) -> v2.Compose:
+    """``name``: "ssd" or "mild" (``Recipe.box_augment``)."""
+    return {"ssd": ssd_augmentation, "mild": mild_augmentation}[name](size, hflip)
+
+
 def ssd_augmentation(size: int, hflip: float = 0.5) -> v2.Compose:
     return v2.Compose([
         v2.RandomPhotometricDistort(p=0.5),
         v2.RandomZoomOut(fill=defaultdict(lambda: 0, {tv_tensors.Image: IMAGENET_MEAN_255})),
         v2.RandomIoUCrop(),
+        *([v2.RandomHorizontalFlip(hflip)] if hflip else []),
+        v2.Resize((size, size), antialias=True),
+        v2.SanitizeBoundingBoxes(),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def mild_augmentation(size: int, hflip: float = 0.5) -> v2.Compose:
+    """SSD's photometric distortion and flip only: every object stays whole and at its scale."""
+    return v2.Compose([
+        v2.RandomPhotometricDistort(p=0.5),
         *([v2.RandomHorizontalFlip(hflip)] if hflip else []),
         v2.Resize((size, size), antialias=True),
         v2.SanitizeBoundingBoxes(),

@@ -7,6 +7,7 @@ module like torchvision's ``ssdlite320_mobilenet_v3_large`` so that state dicts 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -98,6 +99,22 @@ class DetectionHead(nn.Module):
         return {"bbox_regression": self.regression_head(x), "cls_logits": self.classification_head(x)}
 
 
+def last_conv(branch: nn.Module) -> nn.Conv2d:
+    """The convolution that gives a prediction branch's outputs."""
+    return [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1]
+
+
+@torch.no_grad()
+def set_background_prior(head: tv_ssd.SSDScoringHead, prior: float) -> None:
+    """Biases that give class 0 (background) ``prior`` of every anchor's softmax when the inputs
+    add little, and the other classes the rest evenly (channel a * C + k: anchor a, class k)."""
+    classes = head.num_columns
+    for branch in head.module_list:
+        bias = last_conv(branch).bias.view(-1, classes)
+        bias.zero_()
+        bias[:, 0] = math.log(prior * (classes - 1) / (1 - prior))
+
+
 class SSD(tv_ssd.SSD):
     """An SSD or SSDLite detector on a MobileNet backbone.
 
@@ -126,21 +143,23 @@ class SSD(tv_ssd.SSD):
             detections_per_img=spec.detections_per_img, topk_candidates=spec.topk_candidates,
         )
         self.spec, self.in_chans, self.input_size = spec, 3, size
-        self._init_weights(lite)
+        self._init_weights()
 
-    def _init_weights(self, lite: bool) -> None:
-        # torchvision's SSDLite from scratch: every conv normal(0, 0.03); SSD's 3x3 heads: Xavier
+    def _init_weights(self, background_prior: float = 0.99) -> None:
+        """Every convolution as the classifiers' (Kaiming, fan out), the prediction layers
+        normal(0, 0.01), and the background given ``background_prior`` of every anchor's softmax
+        (RetinaNet's prior-probability bias). From scratch in a short run this learns several
+        times faster than torchvision's normal(0, 0.03) everywhere (docs/results.md section 10)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.03)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 m.eps, m.momentum = self.spec.bn_eps, self.spec.bn_momentum
-        if not lite:
-            for m in self.head.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.xavier_uniform_(m.weight)
+        for branch in (*self.head.classification_head.module_list, *self.head.regression_head.module_list):
+            nn.init.normal_(last_conv(branch).weight, 0.0, 0.01)
+        set_background_prior(self.head.classification_head, background_prior)
 
     @property
     def num_boxes(self) -> int:

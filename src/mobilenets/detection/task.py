@@ -13,10 +13,12 @@ from ..recipes import Recipe
 from ..registry import create_model, get_spec
 from ..run_config import TrainConfig
 from ..tasks import StepResult
-from .dataset import DetectionDataset, collate, load_detection_data, ssd_augmentation
+from .dataset import DetectionDataset, box_augmentation, collate, load_detection_data
 from .evaluate import evaluate_detector
 
-DETECTION_LR = 0.2  # per 256 images: torchvision's SSDLite reference (0.15 at 8 x 24)
+# per 256 images: twice torchvision's SSDLite reference (0.15 at 8 x 24, 600 epochs), which learns
+# slowly in a short run from scratch (docs/results.md section 10)
+DETECTION_LR = 0.4
 
 
 class DetectionTask:
@@ -51,7 +53,7 @@ class DetectionTask:
 
     def prepare(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe = recipe
-        self.train_set.transform = ssd_augmentation(recipe.input_size, recipe.hflip)
+        self.train_set.transform = box_augmentation(recipe.box_augment, recipe.input_size, recipe.hflip)
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
         return create_model(cfg.model, width_mult=cfg.recipe.width_mult, num_classes=len(self.class_names) + 1,
@@ -90,7 +92,8 @@ class DetectionTask:
                 f"{r.lr_batch}, weight decay {r.weight_decay:g}, {r.schedule} schedule"
                 + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else "")
                 + (f", EMA {r.ema_decay:g}" if r.ema_decay else ", no EMA")
-                + f", SSD augmentation (photometric, zoom out, IoU crop, hflip {r.hflip:g})")
+                + (", SSD augmentation (photometric, zoom out, IoU crop" if r.box_augment == "ssd"
+                   else ", mild augmentation (photometric") + f", hflip {r.hflip:g})")
 
     def format_test(self, test: dict) -> str:
         return f"mAP {100 * test['map']:.2f} %, AP50 {100 * test['map50']:.2f} %"

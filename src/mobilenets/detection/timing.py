@@ -15,7 +15,6 @@ take a list of images at that side, as torchvision's detectors do.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,22 +22,19 @@ import torch
 from torch import Tensor, nn
 
 from .export import DETECTOR_FORMATS
+from .model import last_conv, set_background_prior
 
 BACKGROUND_PRIOR = 0.99
 
 
 def with_background_prior(model: nn.Module, prior: float = BACKGROUND_PRIOR) -> nn.Module:
     """Set the last convolution of every classification head so that softmax gives ``prior`` to
-    class 0 (background) and the rest evenly to the others, for any input (weights zeroed)."""
+    class 0 (background) and the rest evenly to the others, for any input."""
     head = model.head.classification_head
-    classes = head.num_columns
-    for branch in head.module_list:
-        conv = [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1]
-        with torch.no_grad():
-            bias = conv.bias.view(-1, classes)  # channel a * C + k: anchor a, class k
-            bias.zero_()
-            bias[:, 0] = math.log(prior * (classes - 1) / (1 - prior))
-            conv.weight.mul_(0.01)  # the inputs' share of the logits stays small
+    with torch.no_grad():
+        for branch in head.module_list:
+            last_conv(branch).weight.mul_(0.01)  # the inputs' share of the logits stays small
+    set_background_prior(head, prior)
     return model.eval()
 
 
