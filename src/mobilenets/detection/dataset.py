@@ -37,22 +37,23 @@ def ssd_augmentation(size: int, hflip: float = 0.5) -> v2.Compose:
         v2.RandomPhotometricDistort(p=0.5),
         v2.RandomZoomOut(fill=defaultdict(lambda: 0, {tv_tensors.Image: IMAGENET_MEAN_255})),
         v2.RandomIoUCrop(),
-        *([v2.RandomHorizontalFlip(hflip)] if hflip else []),
-        v2.Resize((size, size), antialias=True),
-        v2.SanitizeBoundingBoxes(),
-        v2.ToDtype(torch.float32, scale=True),
+        *_flip_and_resize(size, hflip),
     ])
 
 
 def mild_augmentation(size: int, hflip: float = 0.5) -> v2.Compose:
     """SSD's photometric distortion and flip only: every object stays whole and at its scale."""
-    return v2.Compose([
-        v2.RandomPhotometricDistort(p=0.5),
+    return v2.Compose([v2.RandomPhotometricDistort(p=0.5), *_flip_and_resize(size, hflip)])
+
+
+def _flip_and_resize(size: int, hflip: float) -> list[v2.Transform]:
+    """The common end: flip, resize to the input side, drop degenerate boxes, scale to [0, 1]."""
+    return [
         *([v2.RandomHorizontalFlip(hflip)] if hflip else []),
         v2.Resize((size, size), antialias=True),
         v2.SanitizeBoundingBoxes(),
         v2.ToDtype(torch.float32, scale=True),
-    ])
+    ]
 
 
 def evaluation_transform() -> v2.Transform:
