@@ -11,8 +11,8 @@ from mobilenets.train import Trainer
 
 
 def test_input_size_follows_the_images():
-    # small images are upscaled so that the last layers see more than 1x1; photos stay at 224
-    assert [input_size_for(s) for s in (20, 28, 32, 48, 100, 500)] == [64, 64, 64, 96, 224, 224]
+    # small images are upscaled (3x) so that the last layers see more than 1x1; photos stay at 224
+    assert [input_size_for(s) for s in (20, 28, 32, 48, 100, 500)] == [64, 96, 96, 160, 224, 224]
 
 
 def test_batch_size_and_ema_follow_the_training_set():
@@ -25,7 +25,7 @@ def test_default_recipe_resolves_from_the_data():
     digits = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1))
     assert not digits.unresolved
     assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 64, 0.4, 1.0)
-    assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.5, 1.0, 2, 0.9798)  # 8 x 62 steps
+    assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.9, 1.0, 2, 0.9798)  # 8 x 62 steps
     photos = resolve(get_recipe("default").replace(epochs=50), DataFacts(20000, 375, 3))
     assert (photos.input_size, photos.min_crop, photos.eval_crop, photos.warmup_epochs) == (224, 0.25, 0.875, 5.0)
     # detection: SSD's zoom out and IoU crop only in long runs
