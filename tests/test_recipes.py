@@ -17,15 +17,17 @@ def test_input_size_follows_the_images():
 
 def test_batch_size_and_ema_follow_the_training_set():
     assert [batch_size_for(n) for n in (300, 4000, 55000, 1_000_000)] == [16, 64, 128, 128]
-    assert batch_size_for(4000, world_size=2) == 32
+    assert batch_size_for(4000, world_size=2) == 32 and batch_size_for(4000, steps=120) == 32
     assert ema_decay_for(500) == 0.98 and ema_decay_for(50) == 0.9 and ema_decay_for(10**7) == 0.9999
 
 
 def test_default_recipe_resolves_from_the_data():
     digits = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1))
     assert not digits.unresolved
-    assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 64, 0.4, 1.0)
-    assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.9, 1.0, 2, 0.9798)  # 8 x 62 steps
+    # batch 32 for ~120 steps an epoch, at the lr per step of batch 64 (0.1): 0.8 per 256
+    assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 32, 0.8, 1.0)
+    assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.9, 1.0, 2, 0.99)  # 8 x 125 steps
+    assert resolve(get_recipe("default"), DataFacts(55000, 28, 1)).lr == 0.4  # batch 128: linear scaling
     photos = resolve(get_recipe("default").replace(epochs=50), DataFacts(20000, 375, 3))
     assert (photos.input_size, photos.min_crop, photos.eval_crop, photos.warmup_epochs) == (224, 0.25, 0.875, 5.0)
     # detection: SSD's zoom out and IoU crop only in long runs
@@ -64,7 +66,7 @@ def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
     trainer = Trainer(cfg)
     summary = trainer.run()
     err = capfd.readouterr().err
-    assert "recipe default: 1 epochs, batch 16, input 64, sgd lr 0.4 per 256" in err and "hflip 0," in err
+    assert "recipe default: 1 epochs, batch 16, input 64, sgd lr 1.6 per 256" in err and "hflip 0," in err
     stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]
     assert stored["input_size"] == 64 and stored["batch_size"] == 16 and stored["hflip"] == 0.0
     assert stored["eval_crop"] == 1.0 and stored["ema_decay"] == 0.9
