@@ -35,7 +35,7 @@ def input_size_for(image_size: int) -> int:
 
     At 32 px a MobileNet's last layers see a 1x1 map (five stride-2 layers), so small images
     are upscaled (rho > 1 relative to their own size); photos are used at 224, V1 Sec. 3.4.
-    Three, not two: 32-px shapes on clutter learned 8 to 12 points more in 8 epochs at 96 px
+    Three, not two: 32-px shapes on clutter learned 3 to 9 points more in 8 epochs at 96 px
     than at 64, while 20-px digits gained nothing past 64 (docs/results.md section 11).
     """
     return min(MAX_INPUT, max(MIN_INPUT, 32 * math.ceil(3 * image_size / 32)))
@@ -67,7 +67,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1) -> Recipe:
         "warmup_epochs": lambda: min(5.0, max(1.0, round(recipe.epochs / 10))),
         "ema_decay": lambda: ema_decay_for(total_steps),
         # a digit or an icon fills its small frame: a 25 % crop can cut it away, a centre crop too;
-        # crops of 90 % shift and zoom it slightly (section 11: +0.6 on digits, +6 to +10 on shapes
+        # crops of 90 % shift and zoom it slightly (section 11: +0.6 on digits, +3 to +14 on shapes
         # against 50 %; no crops at all trained worse)
         "min_crop": lambda: 0.9 if small else 0.25,
         "pad": lambda: max(1, round(facts.image_size / 12)) if small else 0,  # in-memory data: translation
