@@ -28,6 +28,8 @@ def test_default_recipe_resolves_from_the_data():
     assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 32, 0.8, 1.0)
     assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.9, 1.0, 2, 0.99)  # 8 x 125 steps
     assert resolve(get_recipe("default"), DataFacts(55000, 28, 1)).lr == 0.4  # batch 128: linear scaling
+    two = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1), world_size=2)
+    assert (two.batch_size, two.lr) == (16, 0.8)  # the floor holds for the global batch (2 x 16)
     photos = resolve(get_recipe("default").replace(epochs=50), DataFacts(20000, 375, 3))
     assert (photos.input_size, photos.min_crop, photos.eval_crop, photos.warmup_epochs) == (224, 0.25, 0.875, 5.0)
     # detection: SSD's zoom out and IoU crop only in long runs
