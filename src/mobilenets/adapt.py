@@ -19,6 +19,7 @@ MIN_INPUT, MAX_INPUT = 64, 224
 # (docs/results.md section 10: 3x to 4x the mAP after the same 4 epochs without them)
 LONG_DETECTION_RUN = 30  # epochs
 CLASSIFIER_STEPS = 120  # steps per epoch the default's batch leaves at least
+LR_FLOOR_BATCH = 64  # below this global batch the lr per step no longer shrinks with it
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1) -> Recipe:
     rules = {
         "input_size": lambda: input_size_for(facts.image_size),
         "batch_size": lambda: batch,
-        # below a global batch of 64 the lr per step stays that of batch 64, not linearly smaller
-        "lr": lambda: get_optimizer_defaults(recipe.optimizer).lr * max(1.0, 64 / (batch * world_size)),
+        "lr": lambda: get_optimizer_defaults(recipe.optimizer).lr * max(1.0, LR_FLOOR_BATCH / (batch * world_size)),
         "warmup_epochs": lambda: min(5.0, max(1.0, round(recipe.epochs / 10))),
         "ema_decay": lambda: ema_decay_for(total_steps),
         # a digit or an icon fills its small frame: a 25 % crop can cut it away, a centre crop too;

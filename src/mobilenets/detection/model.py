@@ -99,6 +99,9 @@ class DetectionHead(nn.Module):
         return {"bbox_regression": self.regression_head(x), "cls_logits": self.classification_head(x)}
 
 
+BACKGROUND_PRIOR = 0.99  # a new detector's background share of every anchor's softmax
+
+
 def last_conv(branch: nn.Module) -> nn.Conv2d:
     """The convolution that gives a prediction branch's outputs."""
     return [m for m in branch.modules() if isinstance(m, nn.Conv2d)][-1]
@@ -145,7 +148,7 @@ class SSD(tv_ssd.SSD):
         self.spec, self.in_chans, self.input_size = spec, 3, size
         self._init_weights()
 
-    def _init_weights(self, background_prior: float = 0.99) -> None:
+    def _init_weights(self, background_prior: float = BACKGROUND_PRIOR) -> None:
         """Every convolution as the classifiers' (Kaiming, fan out), the prediction layers
         normal(0, 0.01), and the background given ``background_prior`` of every anchor's softmax
         (RetinaNet's prior-probability bias). From scratch in a short run this learns several

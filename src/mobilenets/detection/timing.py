@@ -22,9 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .export import DETECTOR_FORMATS
-from .model import last_conv, set_background_prior
-
-BACKGROUND_PRIOR = 0.99
+from .model import BACKGROUND_PRIOR, last_conv, set_background_prior
 
 
 def with_background_prior(model: nn.Module, prior: float = BACKGROUND_PRIOR) -> nn.Module:
