@@ -12,6 +12,7 @@ from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets.detection.export import compare
+from mobilenets.detection.task import DETECTION_LR
 from mobilenets.detection.graph import DetectorGraph
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
@@ -45,6 +46,9 @@ def test_training_writes_detection_outputs(trained):
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["class_names"][0] == "T-shirt/top" and ckpt["category_ids"] == list(range(1, 11))
     assert ckpt["model_args"]["reduced_tail"] and ckpt["model_args"]["input_size"] == 96
+    # the default recipe trains classifiers with AdamW, detectors with SGD at the detection lr
+    recipe = ckpt["config"]["recipe"]
+    assert (recipe["optimizer"], recipe["lr"], recipe["weight_decay"]) == ("sgd", DETECTION_LR, 5e-5)
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

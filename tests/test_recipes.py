@@ -24,12 +24,21 @@ def test_batch_size_and_ema_follow_the_training_set():
 def test_default_recipe_resolves_from_the_data():
     digits = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1))
     assert not digits.unresolved
-    # batch 32 for ~120 steps an epoch, at the lr per step of batch 64 (0.1): 0.8 per 256
-    assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 32, 0.8, 1.0)
+    # AdamW with its own weight decay; batch 32 for ~120 steps an epoch, 0.008 per step: 0.064 per 256
+    assert (digits.optimizer, digits.weight_decay, digits.eps) == ("adamw", OPTIMIZERS["adamw"].weight_decay, 1e-8)
+    assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 32, 0.064, 1.0)
     assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.9, 1.0, 2, 0.99)  # 8 x 125 steps
-    assert resolve(get_recipe("default"), DataFacts(55000, 28, 1)).lr == 0.4  # batch 128: linear scaling
+    big = resolve(get_recipe("default"), DataFacts(55000, 28, 1))
+    assert big.batch_size == 128 and big.lr * 128 / 256 == pytest.approx(0.008)  # the same lr per step
     two = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1), world_size=2)
-    assert (two.batch_size, two.lr) == (16, 0.8)  # the floor holds for the global batch (2 x 16)
+    assert (two.batch_size, two.lr) == (16, 0.064)  # the global batch (2 x 16) counts
+    # SGD, when asked for, keeps the default's lr rule: 0.4 per 256, never under the lr per step of batch 64
+    sgd = resolve(make_config("mobilenet_v1", "d", "o", optimizer="sgd", epochs=8).recipe, DataFacts(4000, 20, 1))
+    assert (sgd.optimizer, sgd.weight_decay, sgd.batch_size, sgd.lr) == ("sgd", OPTIMIZERS["sgd"].weight_decay, 32, 0.8)
+    sgd_recipe = make_config("mobilenet_v1", "d", "o", optimizer="sgd").recipe
+    assert resolve(sgd_recipe, DataFacts(55000, 28, 1)).lr == 0.4  # batch 128: linear scaling
+    # a detector's task resolves the optimizer to SGD
+    assert resolve(get_recipe("default"), DataFacts(2000, 320, 3), optimizer="sgd").optimizer == "sgd"
     photos = resolve(get_recipe("default").replace(epochs=50), DataFacts(20000, 375, 3))
     assert (photos.input_size, photos.min_crop, photos.eval_crop, photos.warmup_epochs) == (224, 0.25, 0.875, 5.0)
     # detection: SSD's zoom out and IoU crop only in long runs
@@ -68,7 +77,7 @@ def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
     trainer = Trainer(cfg)
     summary = trainer.run()
     err = capfd.readouterr().err
-    assert "recipe default: 1 epochs, batch 16, input 64, sgd lr 1.6 per 256" in err and "hflip 0," in err
+    assert "recipe default: 1 epochs, batch 16, input 64, adamw lr 0.128 per 256" in err and "hflip 0," in err
     stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]
     assert stored["input_size"] == 64 and stored["batch_size"] == 16 and stored["hflip"] == 0.0
     assert stored["eval_crop"] == 1.0 and stored["ema_decay"] == 0.9

@@ -235,7 +235,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="images per process and step")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
-                   help="brings its own defaults (lr, epsilon, weight decay) unless given too")
+                   help="brings its own defaults (epsilon, weight decay; the lr too, except in the default "
+                   "recipe, which decides it) unless given too")
     g.add_argument("--lr", type=float, default=None, help="learning rate at the recipe's reference batch")
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--warmup-epochs", type=float, default=None)

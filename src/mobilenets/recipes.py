@@ -45,13 +45,13 @@ class Recipe:
     epochs: int
     batch_size: int | None  # AUTO: from the training set's size
     input_size: int | None  # AUTO: from the images' size
-    optimizer: str  # one of OPTIMIZERS
-    lr: float | None  # at ``lr_batch`` images per step, scaled linearly with the global batch; AUTO: optimizer's
+    optimizer: str | None  # one of OPTIMIZERS; AUTO: the task's (AdamW for classifiers, SGD for detectors)
+    lr: float | None  # at ``lr_batch`` images per step, scaled linearly with the global batch; AUTO: adapt.lr_for
     lr_batch: int = 256
     momentum: float = 0.9
     rms_decay: float = 0.9
     eps: float = 1e-8
-    weight_decay: float = 0.0
+    weight_decay: float | None = 0.0  # AUTO: the optimizer's
     decay_depthwise: bool = False  # V1 Sec. 3.2: little or no weight decay on depthwise filters
     schedule: str = "step"  # "step" (x decay_rate every decay_epochs) | "cosine"
     decay_rate: float = 0.94
@@ -81,7 +81,8 @@ class Recipe:
     backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        get_optimizer_defaults(self.optimizer)
+        if self.optimizer is not None:
+            get_optimizer_defaults(self.optimizer)
         if self.box_augment not in (None, *BOX_AUGMENTS):
             raise ValueError(f"box-augment must be one of {', '.join(BOX_AUGMENTS)}, got {self.box_augment!r}")
         ranges = {  # field: (low, high, low included); None values are AUTO
@@ -101,9 +102,12 @@ class Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def with_optimizer(self, name: str) -> Recipe:
-        """This recipe with another optimizer and that optimizer's own defaults (lr, eps, decay...)."""
-        defaults = get_optimizer_defaults(name)
-        return dataclasses.replace(self, optimizer=name, **dataclasses.asdict(defaults))
+        """This recipe with another optimizer and that optimizer's own defaults (lr, eps, decay...);
+        a learning rate left ``AUTO`` stays so (the default recipe decides it for any optimizer)."""
+        defaults = dataclasses.asdict(get_optimizer_defaults(name))
+        if self.lr is AUTO:
+            defaults["lr"] = AUTO
+        return dataclasses.replace(self, optimizer=name, **defaults)
 
     @property
     def unresolved(self) -> list[str]:
@@ -111,8 +115,8 @@ class Recipe:
         return [name for name in AUTO_FIELDS if getattr(self, name) is None]
 
 
-AUTO_FIELDS = ("batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad", "eval_crop", "ema_decay",
-               "box_augment")
+AUTO_FIELDS = ("optimizer", "weight_decay", "batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad",
+               "eval_crop", "ema_decay", "box_augment")
 BOX_AUGMENTS = ("ssd", "mild")
 
 
@@ -125,15 +129,16 @@ def get_optimizer_defaults(name: str) -> OptimizerDefaults:
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         name="default",
-        about="adapts to the run: SGD Nesterov, warm-up then cosine to zero over the epochs asked for, batch and "
-        "lr from the training set's size, EMA over the last tenth of the steps, label smoothing 0.1, input size, "
-        "crops and evaluation crop from the images' size, bf16 autocast where the hardware has it",
+        about="adapts to the run: AdamW at 0.008 per step (SGD Nesterov for detectors), warm-up then cosine to "
+        "zero over the epochs asked for, batch from the training set's size, EMA over the last tenth of the steps, "
+        "label smoothing 0.1, input size, crops and evaluation crop from the images' size, bf16 autocast where the "
+        "hardware has it",
         epochs=30,
         batch_size=AUTO,
         input_size=AUTO,
-        optimizer="sgd",
+        optimizer=AUTO,
         lr=AUTO,
-        weight_decay=OPTIMIZERS["sgd"].weight_decay,
+        weight_decay=AUTO,
         schedule="cosine",
         warmup_epochs=AUTO,
         label_smoothing=0.1,

@@ -47,9 +47,9 @@ class DetectionTask:
         recipe = recipe.replace(
             input_size=recipe.input_size or spec.input_size,
             batch_size=recipe.batch_size or min(32, batch_size_for(n, world_size)),
-            lr=recipe.lr if recipe.lr is not None or recipe.optimizer != "sgd" else DETECTION_LR,
+            lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
         )
-        return resolve(recipe, DataFacts(n, recipe.input_size, 3), world_size)
+        return resolve(recipe, DataFacts(n, recipe.input_size, 3), world_size, optimizer="sgd")
 
     def prepare(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe = recipe
