@@ -12,10 +12,10 @@ from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets.detection.export import compare
-from mobilenets.detection.task import DETECTION_LR
 from mobilenets.detection.graph import DetectorGraph
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
+from mobilenets.detection.task import DETECTION_LR
 from mobilenets.export import FORMATS, read_meta
 
 MODEL = ["--model", "ssdlite_mobilenet_v3_small", "--reduced-tail", "--width-mult", "0.25", "--input-size", "96"]
