@@ -2,8 +2,8 @@
 torchvision's ``ssdlite320_mobilenet_v3_large`` trained by the same loop for the same time.
 
 Both are the same architecture (reduced tail, 3,440,060 parameters at 91 outputs; here 11),
-trained by ``mobilenets train``'s loop with the same recipe, data, augmentation and seed; the
-only difference is the model's implementation. Ours runs the given number of epochs; the peer
+trained by ``mobilenets train``'s loop with the same recipe, data, augmentation, default boxes
+and seed; the only difference is the model's implementation. Ours runs the given number of epochs; the peer
 gets the number of epochs that fits in the same time at its own measured speed (timed side by
 side on the same batches before training), so both train for about the same wall time. Prints
 the validation mAP of each, as ``mobilenets eval`` computes it.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
 import mobilenets.train as train_module
 from mobilenets.detection.task import DetectionTask
@@ -37,6 +38,8 @@ class TorchvisionPeer(DetectionTask):
         model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
             weights=None, weights_backbone=None, num_classes=len(self.class_names) + 1)
         model.args = ModelArgs("torchvision.ssdlite320_mobilenet_v3_large", num_classes=len(self.class_names) + 1)
+        low, high = cfg.recipe.box_scales  # the same default boxes as ours (torchvision's: 0.2 to 0.95)
+        model.anchor_generator = DefaultBoxGenerator([[2, 3]] * 6, min_ratio=low, max_ratio=high)
         return model
 
 

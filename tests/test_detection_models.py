@@ -1,11 +1,14 @@
 """The detectors: build, shapes, default boxes, torchvision interop, cost against the papers."""
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision
 from model_helpers import randomize_batchnorm
 
 import mobilenets
+from mobilenets.detection.anchors import box_matching, fit_box_scales
 from mobilenets.detection.paper import DETECTION_ROWS, compare_detection_row
 from mobilenets.registry import DETECTORS
 
@@ -51,6 +54,31 @@ def test_default_boxes_per_image(name, boxes):
     assert mobilenets.create_model(name, width_mult=0.5).num_boxes == boxes
 
 
+def test_box_scales_change_the_default_boxes_not_the_weights():
+    ssd = mobilenets.create_model("ssdlite_mobilenet_v3_large", width_mult=0.5)
+    fitted = mobilenets.create_model("ssdlite_mobilenet_v3_large", width_mult=0.5, box_scales=[0.05, 0.5])
+    assert fitted.args.box_scales == (0.05, 0.5) and ssd.args.box_scales is None
+    assert fitted.state_dict().keys() == ssd.state_dict().keys() and fitted.num_boxes == ssd.num_boxes == 3234
+    # the first map's square default box: 0.05 and 0.2 of the 320-pixel side
+    assert fitted.anchor_generator.scales[:2] == pytest.approx([0.05, 0.14])
+    assert ssd.anchor_generator.scales[:2] == pytest.approx([0.2, 0.35])
+
+
+def test_default_boxes_fitted_to_small_objects():
+    """Boxes of 16 to 40 pixels on a 320 canvas, which SSD's smallest default box (64 pixels)
+    never overlaps by IoU 0.5: the fitted scales give most of them a box to match."""
+    spec, maps = DETECTORS["ssdlite_mobilenet_v3_large"].boxes, [20, 10, 5, 3, 2, 1]
+    g = torch.Generator().manual_seed(0)
+    sides = 16 + 24 * torch.rand(300, 1, generator=g)
+    corners = (320 - sides) * torch.rand(300, 2, generator=g)
+    boxes = torch.cat([corners, corners + sides], dim=1)
+    low, high = fit_box_scales(boxes, spec, maps, 320)
+    assert low < 0.1 and low < high <= 1
+    fitted, matches = box_matching(boxes, dataclasses.replace(spec, min_scale=low, max_scale=high), maps, 320)
+    assert box_matching(boxes, spec, maps, 320) == (0, 0) and fitted > 0.3 and matches > 0.3
+    assert fit_box_scales(torch.zeros(0, 4), spec, maps, 320) == (0.2, 0.95)  # no boxes: SSD's own
+
+
 def test_torchvision_ssdlite_weights_give_the_same_detections(tmp_path):
     tv = randomize_batchnorm(torchvision.models.detection.ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None))
@@ -82,6 +110,9 @@ def test_finetuning_a_detector_reinitialises_its_class_head(tmp_path):
     (dict(name="ssdlite_mobilenet_v3_small", num_classes=1), "num_classes must be >= 2"),
     (dict(name="ssdlite_mobilenet_v3_small", input_size=16), "input_size must be an integer >= 32"),
     (dict(name="mobilenet_v2", input_size=320), "detector arguments"),
+    (dict(name="mobilenet_v2", box_scales=(0.1, 0.5)), "detector arguments"),
+    (dict(name="ssdlite_mobilenet_v3_small", box_scales=(0.5, 0.2)), "0 < smallest < largest <= 1"),
+    (dict(name="ssdlite_mobilenet_v3_small", box_scales=0.2), "box-scales must be two numbers"),
 ])
 def test_bad_detector_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

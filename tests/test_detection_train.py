@@ -15,8 +15,9 @@ from mobilenets.detection.export import compare
 from mobilenets.detection.graph import DetectorGraph
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
-from mobilenets.detection.task import DETECTION_LR
+from mobilenets.detection.task import DETECTION_LR, DetectionTask
 from mobilenets.export import FORMATS, read_meta
+from mobilenets.run_config import make_config
 
 MODEL = ["--model", "ssdlite_mobilenet_v3_small", "--reduced-tail", "--width-mult", "0.25", "--input-size", "96"]
 
@@ -49,6 +50,20 @@ def test_training_writes_detection_outputs(trained):
     # the default recipe trains classifiers with AdamW, detectors with SGD at the detection lr
     recipe = ckpt["config"]["recipe"]
     assert (recipe["optimizer"], recipe["lr"], recipe["weight_decay"]) == ("sgd", DETECTION_LR, 5e-5)
+    # from scratch the default boxes are fitted to the training boxes, and the model is built with them
+    assert ckpt["model_args"]["box_scales"] == recipe["box_scales"]
+    model = mobilenets.create_model(**ckpt["model_args"])
+    assert model.anchor_generator.scales[0] == pytest.approx(recipe["box_scales"][0])
+
+
+def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
+    data, out = trained
+    cfg = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "ft"), val_data=str(data["val"]),
+                      reduced_tail=True, weights=str(out / "best.pt"))
+    assert DetectionTask(cfg).resolve(cfg.recipe, 1).box_scales == (0.2, 0.95)
+    given = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),
+                        val_data=str(data["val"]), reduced_tail=True, box_scales=(0.1, 0.6))
+    assert DetectionTask(given).resolve(given.recipe, 1).box_scales == (0.1, 0.6)
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -128,6 +143,12 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
     data, out = trained
     code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--out", tmp_path / "r")
     assert_one_line_error(code, err, "COCO JSON training data needs --val-data VAL.json")
+    code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--val-data", data["val"],
+                           "--box-scales", "0.6", "0.3", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "box-scales must satisfy 0 < smallest < largest <= 1, got 0.6 and 0.3")
+    code, _, err = run_cli(capsys, "train", "--model", "mobilenet_v1", "--data", "fashion-mnist",
+                           "--box-scales", "0.1", "0.5", "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "--box-scales is for detectors; mobilenet_v1 is a classifier")
     (tmp_path / "bad.json").write_text("{}")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", tmp_path / "bad.json")
     assert_one_line_error(code, err, "is not COCO JSON")

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .recipes import Recipe, get_optimizer_defaults
+from .recipes import SSD_BOX_SCALES, Recipe, get_optimizer_defaults
 
 SMALL_IMAGE = 64  # images at most this side (digits, icons, CIFAR) are upscaled and barely cropped
 MIN_INPUT, MAX_INPUT = 64, 224
@@ -90,6 +90,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
         "pad": lambda: max(1, round(facts.image_size / 12)) if small else 0,  # in-memory data: translation
         "eval_crop": lambda: 1.0 if small else 0.875,
         "box_augment": lambda: "ssd" if recipe.epochs >= LONG_DETECTION_RUN else "mild",
+        "box_scales": lambda: SSD_BOX_SCALES,  # detectors fit theirs to the boxes first (detection/task.py)
     }
     return recipe.replace(**{name: rule() for name, rule in rules.items() if getattr(recipe, name) is None})
 

@@ -247,6 +247,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--box-augment", choices=BOX_AUGMENTS, default=None,
                    help="detectors: SSD's augmentation (zoom out, IoU crop, photometric, flip) or only photometric "
                    "and flip (default: mild for runs under 30 epochs)")
+    g.add_argument("--box-scales", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="detectors: the smallest and largest default box, as fractions of the input side "
+                   "(default: fitted to the training boxes; SSD's are 0.2 0.95)")
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--ema-decay", type=float, default=None, help="EMA of weights (0 turns it off)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 / fp16 autocast")
@@ -348,6 +351,7 @@ def _predict_boxes(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .registry import is_detector
     from .run_config import make_config
     from .train import train
 
@@ -365,6 +369,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                   "label_smoothing", "hflip", "min_crop", "box_augment", "ema_decay", "amp", "channels_last", "compile",
                   "freeze_backbone", "backbone_lr_scale")
     }
+    if args.box_scales is not None:
+        if not is_detector(args.model):
+            raise CliError(f"--box-scales is for detectors; {args.model} is a classifier")
+        overrides["box_scales"] = tuple(args.box_scales)
     if args.weights:
         from .files import load_torch
 

@@ -11,7 +11,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .detection.specs import check_box_scales
+
 AUTO = None  # a field the default recipe decides from the data (adapt.py)
+SSD_BOX_SCALES = (0.2, 0.95)  # SSD Sec. 2.2's s_min and s_max, torchvision's SSDLite and SSD300
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class Recipe:
     # detection: SSD's augmentation ("ssd": photometric, zoom out, IoU crop, flip) or only its
     # photometric distortion and flip ("mild"); AUTO (the default recipe): mild for short runs
     box_augment: str | None = "ssd"
+    # detection: the smallest and largest default-box scale, as fractions of the input side (SSD
+    # Sec. 2.2's s_min and s_max); AUTO: fitted to the training boxes
+    box_scales: tuple[float, float] | None = SSD_BOX_SCALES
     eval_crop: float | None = 0.875  # centre crop of the evaluation transform (ImageNet's 224 / 256); AUTO
     ema_decay: float | None = 0.0  # 0 turns the exponential moving average of weights off; AUTO: follows the steps
     amp: bool = False  # bf16 autocast (CPU with native bf16, or CUDA); fp16 + scaler on older GPUs
@@ -85,6 +91,8 @@ class Recipe:
             get_optimizer_defaults(self.optimizer)
         if self.box_augment not in (None, *BOX_AUGMENTS):
             raise ValueError(f"box-augment must be one of {', '.join(BOX_AUGMENTS)}, got {self.box_augment!r}")
+        if self.box_scales is not None:
+            check_box_scales(self.box_scales)
         ranges = {  # field: (low, high, low included); None values are AUTO
             "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True), "input_size": (1, math.inf, True),
             "lr": (0, math.inf, False), "weight_decay": (0, math.inf, True), "warmup_epochs": (0, math.inf, True),
@@ -116,7 +124,7 @@ class Recipe:
 
 
 AUTO_FIELDS = ("optimizer", "weight_decay", "batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad",
-               "eval_crop", "ema_decay", "box_augment")
+               "eval_crop", "ema_decay", "box_augment", "box_scales")
 BOX_AUGMENTS = ("ssd", "mild")
 
 
@@ -147,6 +155,7 @@ RECIPES: dict[str, Recipe] = {
         eval_crop=AUTO,
         ema_decay=AUTO,
         box_augment=AUTO,
+        box_scales=AUTO,
         amp=True,
     ),
     "paper": Recipe(

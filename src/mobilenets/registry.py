@@ -6,6 +6,7 @@ import math
 import numbers
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from . import specs
 from .detection.model import build_detector
 from .detection.specs import DETECTORS as DETECTOR_SPECS
-from .detection.specs import DetectorSpec
+from .detection.specs import DetectorSpec, check_box_scales
 from .layers import ACTIVATIONS
 from .model import MIN_INPUT_SIZE, FeatureExtractor, MobileNet
 from .specs import Bottleneck, ModelSpec, Separable
@@ -44,6 +45,7 @@ class ModelArgs:
     act: str | None = None
     reduced_tail: bool = False  # detectors on V3: C4-C5 halved (V3 Sec. 6.3)
     input_size: int | None = None  # detectors: the side images are resized to
+    box_scales: tuple[float, float] | None = None  # detectors: smallest and largest default box; None: the spec's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +78,7 @@ def create_model(
     features_only: bool = False,
     reduced_tail: bool = False,
     input_size: int | None = None,
+    box_scales: Sequence[float] | None = None,
 ) -> nn.Module:
     """Build a MobileNet classifier or detector by name.
 
@@ -96,6 +99,8 @@ def create_model(
         reduced_tail: detectors on V3: the last stage with half the channels (V3 Sec. 6.3).
         input_size: detectors: the side images are resized to (default 320 for SSDLite, 300
             for SSD).
+        box_scales: detectors: the smallest and largest default box as fractions of the input
+            side (SSD Sec. 2.2's s_min and s_max; default the spec's, 0.2 and 0.95).
 
     A classifier's input resolution is not an argument: any input of at least 32x32 works, and
     the resolution multiplier rho is the input size / 224 (V1 Sec. 3.4).
@@ -104,11 +109,14 @@ def create_model(
     detector = isinstance(spec, DetectorSpec)
     if num_classes is None:
         num_classes = 91 if detector else 1000
-    args = ModelArgs(name, _check_width(width_mult), num_classes, in_chans, dropout, act, reduced_tail, input_size)
+    if box_scales is not None:
+        box_scales = check_box_scales(box_scales)
+    args = ModelArgs(name, _check_width(width_mult), num_classes, in_chans, dropout, act, reduced_tail, input_size,
+                     box_scales)
     _check_args(args, spec)
     if detector:
         model = build_detector(spec, MODELS[spec.backbone], width_mult=args.width_mult, num_classes=num_classes,
-                               reduced=reduced_tail, input_size=input_size)
+                               reduced=reduced_tail, input_size=input_size, box_scales=box_scales)
     else:
         model = MobileNet(
             spec, width_mult=args.width_mult, num_classes=num_classes, in_chans=in_chans, dropout=dropout, act=act
@@ -144,8 +152,8 @@ def _check_args(args: ModelArgs, spec: ModelSpec | DetectorSpec) -> None:
         if not _is_count(args.num_classes) or args.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a detector (background included), got {args.num_classes!r}")
         return
-    if args.reduced_tail or args.input_size is not None:
-        raise ValueError(f"reduced_tail and input_size are detector arguments; {args.name} is a classifier")
+    if args.reduced_tail or args.input_size is not None or args.box_scales is not None:
+        raise ValueError(f"reduced_tail, input_size and box_scales are detector arguments; {args.name} is a classifier")
     if not _is_count(args.num_classes):
         raise ValueError(f"num_classes must be an integer >= 1, got {args.num_classes!r}")
     if not _is_count(args.in_chans):

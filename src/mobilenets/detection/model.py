@@ -7,6 +7,7 @@ module like torchvision's ``ssdlite320_mobilenet_v3_large`` so that state dicts 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 
@@ -129,14 +130,18 @@ class SSD(tv_ssd.SSD):
     """
 
     def __init__(self, spec: DetectorSpec, backbone_spec: ModelSpec, *, width_mult: float = 1.0,
-                 num_classes: int = 91, input_size: int | None = None) -> None:
+                 num_classes: int = 91, input_size: int | None = None,
+                 box_scales: tuple[float, float] | None = None) -> None:
         net = MobileNet(backbone_spec, width_mult=width_mult, num_classes=1)
         depth = lambda c: max(spec.min_depth, int(c * width_mult))  # noqa: E731  (torchvision's get_depth)
         widths = [net.feature_info[-1].channels] + [depth(e.c) for e in spec.extras]
         lite = spec.head == "ssdlite"
         extras = nn.ModuleList(extra_layer(a, b, lite) for a, b in zip(widths, widths[1:]))
         backbone = DetectionBackbone(net, spec.taps, extras)
-        anchors = default_boxes(spec.boxes)
+        boxes = spec.boxes
+        if box_scales is not None:
+            boxes = dataclasses.replace(boxes, min_scale=box_scales[0], max_scale=box_scales[1])
+        anchors = default_boxes(boxes)
         head = DetectionHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes, lite,
                              spec.head_kernel)
         size = input_size or spec.input_size
@@ -165,8 +170,8 @@ class SSD(tv_ssd.SSD):
         set_background_prior(self.head.classification_head, background_prior)
 
     @property
-    def num_boxes(self) -> int:
-        """Default boxes per image at the model's input size."""
+    def map_sizes(self) -> list[int]:
+        """The side of each feature map the heads predict on, finest first, at the input size."""
         was_training = self.training
         try:
             self.eval()
@@ -174,14 +179,20 @@ class SSD(tv_ssd.SSD):
                 maps = self.backbone(torch.zeros(1, 3, self.input_size, self.input_size)).values()
         finally:
             self.train(was_training)
+        return [m.shape[-1] for m in maps]
+
+    @property
+    def num_boxes(self) -> int:
+        """Default boxes per image at the model's input size."""
         per_location = self.anchor_generator.num_anchors_per_location()
-        return sum(m.shape[-2] * m.shape[-1] * a for m, a in zip(maps, per_location))
+        return sum(s * s * a for s, a in zip(self.map_sizes, per_location))
 
 
 def build_detector(spec: DetectorSpec, backbone_spec: ModelSpec, *, width_mult: float, num_classes: int,
-                   reduced: bool, input_size: int | None) -> SSD:
-    """``SSD`` for a spec; ``reduced`` halves the backbone's last stage (V3 only)."""
+                   reduced: bool, input_size: int | None, box_scales: tuple[float, float] | None = None) -> SSD:
+    """``SSD`` for a spec; ``reduced`` halves the backbone's last stage (V3 only); ``box_scales``
+    replaces the spec's smallest and largest default-box scale."""
     if reduced:
         backbone_spec = reduced_tail(backbone_spec)
     return SSD(spec, backbone_spec, width_mult=width_mult, num_classes=num_classes,
-               input_size=input_size)
+               input_size=input_size, box_scales=box_scales)

@@ -49,6 +49,17 @@ class DefaultBoxes:
     first_map_three: bool = False
 
 
+def check_box_scales(scales: object) -> tuple[float, float]:
+    """``scales`` as (smallest, largest) default-box scale, or a ValueError naming the problem."""
+    try:
+        low, high = (float(v) for v in scales)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"box-scales must be two numbers (smallest and largest scale), got {scales!r}") from None
+    if not 0 < low < high <= 1:
+        raise ValueError(f"box-scales must satisfy 0 < smallest < largest <= 1, got {low:g} and {high:g}")
+    return low, high
+
+
 @dataclass(frozen=True)
 class DetectorSpec:
     """One detector: a backbone from the classifier registry, its taps, extras, head and boxes."""

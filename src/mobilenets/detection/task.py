@@ -13,12 +13,15 @@ from ..recipes import Recipe
 from ..registry import create_model, get_spec
 from ..run_config import TrainConfig
 from ..tasks import StepResult
+from .anchors import fit_box_scales
 from .dataset import DetectionDataset, box_augmentation, collate, load_detection_data
 from .evaluate import evaluate_detector
+from .specs import DetectorSpec
 
 # per 256 images: twice torchvision's SSDLite reference (0.15 at 8 x 24, 600 epochs), which learns
 # slowly in a short run from scratch (docs/results.md section 10)
 DETECTION_LR = 0.4
+FIT_BOXES = 2000  # training boxes the default boxes are fitted to (a sample keeps the search to seconds)
 
 
 class DetectionTask:
@@ -49,7 +52,19 @@ class DetectionTask:
             batch_size=recipe.batch_size or min(32, batch_size_for(n, world_size)),
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
         )
+        recipe = recipe.replace(box_scales=recipe.box_scales or self._box_scales(spec, recipe.input_size))
         return resolve(recipe, DataFacts(n, recipe.input_size, 3), world_size, optimizer="sgd")
+
+    def _box_scales(self, spec: DetectorSpec, size: int) -> tuple[float, float]:
+        """Fitted to the training boxes from scratch; a fine-tuned model keeps the default boxes
+        its head was trained for."""
+        if self.cfg.weights:
+            return spec.boxes.min_scale, spec.boxes.max_scale
+        boxes = torch.cat([torch.tensor(r.boxes, dtype=torch.float32).reshape(-1, 4)
+                           * torch.tensor([size / r.width, size / r.height] * 2) for r in self.train_set.records])
+        sample = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(0))[:FIT_BOXES]
+        model = create_model(self.cfg.model, num_classes=2, reduced_tail=self.cfg.reduced_tail, input_size=size)
+        return fit_box_scales(boxes[sample], spec.boxes, model.map_sizes, size)
 
     def prepare(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe = recipe
@@ -57,7 +72,8 @@ class DetectionTask:
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
         return create_model(cfg.model, width_mult=cfg.recipe.width_mult, num_classes=len(self.class_names) + 1,
-                            reduced_tail=cfg.reduced_tail, input_size=cfg.recipe.input_size)
+                            reduced_tail=cfg.reduced_tail, input_size=cfg.recipe.input_size,
+                            box_scales=cfg.recipe.box_scales)
 
     def collate(self, batch: list):
         return collate(batch)
@@ -93,7 +109,8 @@ class DetectionTask:
                 + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else "")
                 + (f", EMA {r.ema_decay:g}" if r.ema_decay else ", no EMA")
                 + (", SSD augmentation (photometric, zoom out, IoU crop" if r.box_augment == "ssd"
-                   else ", mild augmentation (photometric") + f", hflip {r.hflip:g})")
+                   else ", mild augmentation (photometric") + f", hflip {r.hflip:g})"
+                + ", default boxes at scales {:g} to {:g}".format(*r.box_scales))
 
     def format_test(self, test: dict) -> str:
         return f"mAP {100 * test['map']:.2f} %, AP50 {100 * test['map50']:.2f} %"
