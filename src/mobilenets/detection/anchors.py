@@ -38,7 +38,6 @@ def default_boxes(spec: DefaultBoxes) -> DefaultBoxGenerator:
     return cls(ratios, min_ratio=spec.min_scale, max_ratio=spec.max_scale)
 
 
-
 # SSD's scales (0.2 to 0.95 of the side) were chosen for COCO and VOC. On the generated
 # Fashion-MNIST set half the boxes are under 0.13 of the side: no default box overlaps those by
 # IoU 0.5, so each is learned through its one forced match only (docs/results.md section 10).
