@@ -19,7 +19,7 @@ MIN_INPUT, MAX_INPUT = 64, 224
 # run of a few epochs they shrink and cut the objects the detector has yet to learn at all
 # (docs/results.md section 10: 3x to 4x the mAP after the same 4 epochs without them)
 LONG_DETECTION_RUN = 30  # epochs
-CLASSIFIER_STEPS = 120  # steps per epoch the default's batch leaves at least
+STEPS_PER_EPOCH = 120  # the default's batch leaves at least about this many (classifiers and detectors)
 LR_FLOOR_BATCH = 64  # SGD: below this global batch the lr per step no longer shrinks with it
 # AdamW normalises each step by the gradients' own scale, so the default keeps its lr per step
 # whatever the batch: at batch 32 on the shapes folder 0.001 / 0.002 / 0.004 / 0.008 per step gave
@@ -74,7 +74,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
     small = facts.image_size <= SMALL_IMAGE
     # ~120 steps an epoch: a small folder's short run is short of steps (section 11: batch 32 at the
     # lr per step of batch 64 gave shapes +4 to +6 points)
-    batch = recipe.batch_size or batch_size_for(facts.train_images, world_size, steps=CLASSIFIER_STEPS)
+    batch = recipe.batch_size or batch_size_for(facts.train_images, world_size, steps=STEPS_PER_EPOCH)
     total_steps = recipe.epochs * max(1, facts.train_images // (batch * world_size))
     rules = {
         "input_size": lambda: input_size_for(facts.image_size),
