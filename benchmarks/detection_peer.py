@@ -3,10 +3,10 @@ torchvision's ``ssdlite320_mobilenet_v3_large`` trained by the same loop for the
 
 Both are the same architecture (reduced tail, 3,440,060 parameters at 91 outputs; here 11),
 trained by ``mobilenets train``'s loop with the same recipe, data, augmentation, default boxes
-and seed; the only difference is the model's implementation. Ours runs the given number of epochs; the peer
-gets the number of epochs that fits in the same time at its own measured speed (timed side by
-side on the same batches before training), so both train for about the same wall time. Prints
-the validation mAP of each, as ``mobilenets eval`` computes it.
+and seed; the only difference is the model's implementation. Ours runs the given number of
+epochs; the peer gets the number of epochs that fits in the same time at its own measured speed
+(timed side by side on the same batches before training), so both train for about the same
+wall time. Prints the validation mAP of each, as ``mobilenets eval`` computes it.
 
     .venv/bin/python benchmarks/detection_peer.py --data runs/det-data/train.json \\
         --val-data runs/det-data/val.json --minutes 30 --out runs/det-peer

@@ -59,7 +59,7 @@ def test_box_scales_change_the_default_boxes_not_the_weights():
     fitted = mobilenets.create_model("ssdlite_mobilenet_v3_large", width_mult=0.5, box_scales=[0.05, 0.5])
     assert fitted.args.box_scales == (0.05, 0.5) and ssd.args.box_scales is None
     assert fitted.state_dict().keys() == ssd.state_dict().keys() and fitted.num_boxes == ssd.num_boxes == 3234
-    # the first map's square default box: 0.05 and 0.2 of the 320-pixel side
+    # the scales of the first two maps, as fractions of the input side
     assert fitted.anchor_generator.scales[:2] == pytest.approx([0.05, 0.14])
     assert ssd.anchor_generator.scales[:2] == pytest.approx([0.2, 0.35])
 

@@ -54,6 +54,7 @@ def test_training_writes_detection_outputs(trained):
     assert ckpt["model_args"]["box_scales"] == recipe["box_scales"]
     model = mobilenets.create_model(**ckpt["model_args"])
     assert model.anchor_generator.scales[0] == pytest.approx(recipe["box_scales"][0])
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
@@ -64,7 +65,6 @@ def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
     given = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),
                         val_data=str(data["val"]), reduced_tail=True, box_scales=(0.1, 0.6))
     assert DetectionTask(given).resolve(given.recipe, 1).box_scales == (0.1, 0.6)
-    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_reports_coco_map(trained, capsys):
