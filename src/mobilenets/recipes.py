@@ -11,10 +11,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .detection.specs import check_box_scales
+from .detection.specs import DefaultBoxes, check_box_scales
 
 AUTO = None  # a field the default recipe decides from the data (adapt.py)
-SSD_BOX_SCALES = (0.2, 0.95)  # SSD Sec. 2.2's s_min and s_max, torchvision's SSDLite and SSD300
+SSD_BOX_SCALES = (DefaultBoxes.min_scale, DefaultBoxes.max_scale)  # SSD Sec. 2.2's s_min and s_max
 
 
 @dataclass(frozen=True)
