@@ -61,7 +61,7 @@ def main() -> None:
     budget.add_argument("--epochs", type=int, help="our epochs; the peer's follow from its speed")
     budget.add_argument("--minutes", type=float, help="our epochs from our measured speed to fit this time")
     p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, help="default: the default recipe's for the data")
     args = p.parse_args()
     out = Path(args.out)
     common = dict(val_data=args.val_data, batch_size=args.batch_size, reduced_tail=True)

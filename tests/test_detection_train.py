@@ -61,7 +61,9 @@ def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
     data, out = trained
     cfg = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "ft"), val_data=str(data["val"]),
                       reduced_tail=True, weights=str(out / "best.pt"))
-    assert DetectionTask(cfg).resolve(cfg.recipe, 1).box_scales == (0.2, 0.95)
+    resolved = DetectionTask(cfg).resolve(cfg.recipe, 1)
+    assert resolved.box_scales == (0.2, 0.95)
+    assert resolved.batch_size == 8  # 24 images: the detectors' smallest default batch
     given = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),
                         val_data=str(data["val"]), reduced_tail=True, box_scales=(0.1, 0.6))
     assert DetectionTask(given).resolve(given.recipe, 1).box_scales == (0.1, 0.6)

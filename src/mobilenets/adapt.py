@@ -19,7 +19,7 @@ MIN_INPUT, MAX_INPUT = 64, 224
 # run of a few epochs they shrink and cut the objects the detector has yet to learn at all
 # (docs/results.md section 10: 3x to 4x the mAP after the same 4 epochs without them)
 LONG_DETECTION_RUN = 30  # epochs
-STEPS_PER_EPOCH = 120  # the default's batch leaves at least about this many (classifiers and detectors)
+STEPS_PER_EPOCH = 120  # the default's batch for classifiers leaves at least about this many
 LR_FLOOR_BATCH = 64  # SGD: below this global batch the lr per step no longer shrinks with it
 # AdamW normalises each step by the gradients' own scale, so the default keeps its lr per step
 # whatever the batch: at batch 32 on the shapes folder 0.001 / 0.002 / 0.004 / 0.008 per step gave
@@ -47,10 +47,10 @@ def input_size_for(image_size: int) -> int:
     return min(MAX_INPUT, max(MIN_INPUT, 32 * math.ceil(3 * image_size / 32)))
 
 
-def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60) -> int:
-    """A power of two between 16 and 128 per process that leaves at least ~``steps`` steps per epoch."""
+def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60, smallest: int = 16) -> int:
+    """A power of two between ``smallest`` and 128 per process that leaves at least ~``steps`` steps per epoch."""
     per_process = train_images / (steps * world_size)
-    return int(min(128, max(16, 2 ** math.floor(math.log2(max(per_process, 1))))))
+    return int(min(128, max(smallest, 2 ** math.floor(math.log2(max(per_process, 1))))))
 
 
 def ema_decay_for(total_steps: int) -> float:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..adapt import STEPS_PER_EPOCH, DataFacts, batch_size_for, resolve
+from ..adapt import DataFacts, batch_size_for, resolve
 from ..distributed import Dist
 from ..recipes import Recipe
 from ..registry import create_model, get_spec
@@ -21,6 +21,11 @@ from .specs import DetectorSpec
 # per 256 images: twice torchvision's SSDLite reference (0.15 at 8 x 24, 600 epochs), which learns
 # slowly in a short run from scratch (docs/results.md section 10)
 DETECTION_LR = 0.4
+# a short run from scratch needs steps more than large batches: on the generated set (2,000 canvases,
+# 9 epochs, the lr per 256 images kept) batch 32 / 16 / 8 / 4 reached 28.7 / 29.6 / 31.6 / 32.4 % mAP;
+# 8 is the floor, as batch 4 steps 10 % fewer images a second (docs/results.md section 10)
+STEPS_PER_EPOCH = 240  # about; batch 8 for 2,000 images
+SMALLEST_BATCH = 8
 FIT_BOXES = 2000  # training boxes the default boxes are fitted to (a sample keeps the search to seconds)
 
 
@@ -49,9 +54,7 @@ class DetectionTask:
         n = len(self.train_set)
         recipe = recipe.replace(
             input_size=recipe.input_size or spec.input_size,
-            # short runs need steps: on the generated set (2,000 canvases, 9 epochs) batch 16 reached
-            # 29.64 % mAP against 28.71 % at batch 32 (docs/results.md section 10)
-            batch_size=recipe.batch_size or min(32, batch_size_for(n, world_size, steps=STEPS_PER_EPOCH)),
+            batch_size=recipe.batch_size or min(32, batch_size_for(n, world_size, STEPS_PER_EPOCH, SMALLEST_BATCH)),
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
         )
         recipe = recipe.replace(box_scales=recipe.box_scales or self._box_scales(spec, recipe.input_size))
