@@ -18,8 +18,8 @@ def test_input_size_follows_the_images():
 def test_batch_size_and_ema_follow_the_training_set():
     assert [batch_size_for(n) for n in (300, 4000, 55000, 1_000_000)] == [16, 64, 128, 128]
     assert batch_size_for(4000, world_size=2) == 32 and batch_size_for(4000, steps=120) == 32
-    # detectors (detection/task.py): ~240 steps an epoch, down to batch 8
-    assert [batch_size_for(n, 1, 240, smallest=8) for n in (24, 2000, 4000, 8000)] == [8, 8, 16, 32]
+    # detectors (detection/task.py): ~240 steps an epoch, batch 8 to 32
+    assert [batch_size_for(n, 1, 240, 8, 32) for n in (24, 2000, 4000, 8000, 20000)] == [8, 8, 16, 32, 32]
     assert ema_decay_for(500) == 0.98 and ema_decay_for(50) == 0.9 and ema_decay_for(10**7) == 0.9999
 
 

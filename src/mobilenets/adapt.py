@@ -19,7 +19,7 @@ MIN_INPUT, MAX_INPUT = 64, 224
 # run of a few epochs they shrink and cut the objects the detector has yet to learn at all
 # (docs/results.md section 10: 3x to 4x the mAP after the same 4 epochs without them)
 LONG_DETECTION_RUN = 30  # epochs
-STEPS_PER_EPOCH = 120  # the default's batch for classifiers leaves at least about this many
+CLASSIFIER_STEPS = 120  # steps per epoch the default's batch leaves at least
 LR_FLOOR_BATCH = 64  # SGD: below this global batch the lr per step no longer shrinks with it
 # AdamW normalises each step by the gradients' own scale, so the default keeps its lr per step
 # whatever the batch: at batch 32 on the shapes folder 0.001 / 0.002 / 0.004 / 0.008 per step gave
@@ -47,10 +47,11 @@ def input_size_for(image_size: int) -> int:
     return min(MAX_INPUT, max(MIN_INPUT, 32 * math.ceil(3 * image_size / 32)))
 
 
-def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60, smallest: int = 16) -> int:
-    """A power of two between ``smallest`` and 128 per process that leaves at least ~``steps`` steps per epoch."""
+def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60, smallest: int = 16,
+                   largest: int = 128) -> int:
+    """A power of two from ``smallest`` to ``largest`` per process that leaves at least ~``steps`` steps per epoch."""
     per_process = train_images / (steps * world_size)
-    return int(min(128, max(smallest, 2 ** math.floor(math.log2(max(per_process, 1))))))
+    return int(min(largest, max(smallest, 2 ** math.floor(math.log2(max(per_process, 1))))))
 
 
 def ema_decay_for(total_steps: int) -> float:
@@ -74,7 +75,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
     small = facts.image_size <= SMALL_IMAGE
     # ~120 steps an epoch: a small folder's short run is short of steps (section 11: batch 32 at the
     # lr per step of batch 64 gave shapes +4 to +6 points)
-    batch = recipe.batch_size or batch_size_for(facts.train_images, world_size, steps=STEPS_PER_EPOCH)
+    batch = recipe.batch_size or batch_size_for(facts.train_images, world_size, steps=CLASSIFIER_STEPS)
     total_steps = recipe.epochs * max(1, facts.train_images // (batch * world_size))
     rules = {
         "input_size": lambda: input_size_for(facts.image_size),

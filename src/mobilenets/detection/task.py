@@ -24,8 +24,8 @@ DETECTION_LR = 0.4
 # a short run from scratch needs steps more than large batches: on the generated set (2,000 canvases,
 # 9 epochs, the lr per 256 images kept) batch 32 / 16 / 8 / 4 reached 28.7 / 29.6 / 31.6 / 32.4 % mAP;
 # 8 is the floor, as batch 4 steps 10 % fewer images a second (docs/results.md section 10)
-STEPS_PER_EPOCH = 240  # about; batch 8 for 2,000 images
-SMALLEST_BATCH = 8
+DETECTION_STEPS = 240  # per epoch, about; batch 8 for 2,000 images
+DETECTION_BATCHES = (8, 32)  # the default's smallest and largest
 FIT_BOXES = 2000  # training boxes the default boxes are fitted to (a sample keeps the search to seconds)
 
 
@@ -54,7 +54,7 @@ class DetectionTask:
         n = len(self.train_set)
         recipe = recipe.replace(
             input_size=recipe.input_size or spec.input_size,
-            batch_size=recipe.batch_size or min(32, batch_size_for(n, world_size, STEPS_PER_EPOCH, SMALLEST_BATCH)),
+            batch_size=recipe.batch_size or batch_size_for(n, world_size, DETECTION_STEPS, *DETECTION_BATCHES),
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
         )
         recipe = recipe.replace(box_scales=recipe.box_scales or self._box_scales(spec, recipe.input_size))
