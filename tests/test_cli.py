@@ -86,6 +86,8 @@ def test_predict_imagenet_names(capsys, images):
         (["cost", "mobilenet_v1", "--num-classes", "0"], "num_classes must be"),
         (["cost", "mobilenet_v1", "--input-size", "16"], "too small"),
         (["cost"], "needs a model name"),
+        (["train", "--model", "ssdlite_mobilenet_v9", "--data", "train.json", "--out", "unused"],
+         "unknown model 'ssdlite_mobilenet_v9'"),
         (["predict", "--model", "mobilenet_v1", "--weights", "/nonexistent.pt", "x.png"], "weights file not found"),
         (["predict", "x.png"], "either --checkpoint"),
     ],

@@ -127,8 +127,9 @@ class ClassificationTask:
 
 
 def make_task(cfg: TrainConfig) -> Task:
-    from .registry import is_detector
+    from .registry import get_spec, is_detector
 
+    get_spec(cfg.model)  # an unknown name is the error to report, before any data is read
     if is_detector(cfg.model):
         from .detection.task import DetectionTask
 
