@@ -20,6 +20,9 @@ def test_batch_size_and_ema_follow_the_training_set():
     assert batch_size_for(4000, world_size=2) == 32 and batch_size_for(4000, steps=120) == 32
     # detectors (detection/task.py): ~240 steps an epoch, batch 8 to 32
     assert [batch_size_for(n, 1, 240, 8, 32) for n in (24, 2000, 4000, 8000, 20000)] == [8, 8, 16, 32, 32]
+    # the floor is for a step in all processes: 2 processes keep one process's global batch
+    assert batch_size_for(2000, 2, 240, 8, 32) == 4 and batch_size_for(300, world_size=2) == 8
+    assert batch_size_for(24, 8, 240, 8, 32) == 4 and batch_size_for(300, world_size=3) == 8  # 4+ per process
     assert ema_decay_for(500) == 0.98 and ema_decay_for(50) == 0.9 and ema_decay_for(10**7) == 0.9999
 
 

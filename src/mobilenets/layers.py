@@ -90,6 +90,19 @@ class ConvBNAct(nn.Module):
         return conv(x)
 
 
+def pointwise_weights_as_linear(model: nn.Module) -> None:
+    """Give the 1x1 kernels that CPU bf16 training runs as ``linear`` the strides of their gradients.
+
+    A 1x1 kernel has the same memory in both layouts, but ``channels_last`` gives it other strides
+    than the gradient that comes back through ``linear``; DDP then warns that they differ and copies
+    each such gradient into its buckets on every step. (The convolution path returns gradients in
+    the kernel's own strides, so only these layers change.)
+    """
+    for m in model.modules():
+        if isinstance(m, ConvBNAct) and m.conv.kernel_size == (1, 1) and m.conv.groups == 1:
+            m.conv.weight.data = m.conv.weight.data.clone(memory_format=torch.contiguous_format)
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excite with a hard-sigmoid gate (V3 paper Sec. 5.3).
 
