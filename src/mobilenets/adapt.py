@@ -55,8 +55,8 @@ def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60, smal
     The floor, ``smallest``, is for the images of a step in all processes (at least
     ``MIN_PROCESS_BATCH`` each), so that more processes on the same data keep the steps and the
     schedule of one: on 2 CPU cores, 2 processes of batch 4 trained the detector of
-    docs/results.md section 10 to 34.7 % mAP in 10 epochs, 1 process of batch 8 to 31.6 % in 9,
-    in about the same time.
+    docs/results.md section 10 to 32.6 % mAP in 9 epochs in 0.88x the time that 1 process of
+    batch 8 took to reach 31.6 %.
     """
     per_process = train_images / (steps * world_size)
     least = max(MIN_PROCESS_BATCH, 2 ** math.ceil(math.log2(smallest / world_size)))
