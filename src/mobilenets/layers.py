@@ -95,8 +95,8 @@ def pointwise_weights_as_linear(model: nn.Module) -> None:
 
     A 1x1 kernel has the same memory in both layouts, but ``channels_last`` gives it other strides
     than the gradient that comes back through ``linear``; DDP then warns that they differ and copies
-    each such gradient into its buckets on every step. (The convolution path returns gradients in
-    the kernel's own strides, so only these layers change.)
+    each such gradient into its buckets on every step. (The convolution path returns channels-last
+    gradients whatever the kernel's strides, so those kernels keep theirs.)
     """
     for m in model.modules():
         if isinstance(m, ConvBNAct) and m.conv.kernel_size == (1, 1) and m.conv.groups == 1:
