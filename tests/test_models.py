@@ -184,3 +184,21 @@ def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
         assert seen[0] == torch.float32  # oneDNN's bf16 backward of these depthwise convs is slow
     elif kind == "depthwise s1":
         assert seen[0] == torch.bfloat16
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "contiguous"])
+@pytest.mark.parametrize("size", [1, 4])
+def test_pointwise_gradient_keeps_the_kernel_strides(channels_last, size):
+    # A 1x1 kernel has other strides in each layout for the same memory. Under CPU bf16 training
+    # a pointwise layer runs as `linear`; its gradient must come back in the kernel's strides, or
+    # DDP copies it into its buckets on every step (with a warning). A 1x1 map takes that path in
+    # either layout.
+    from mobilenets.layers import ConvBNAct
+
+    layer = ConvBNAct(16, 32, kernel=1)
+    x = torch.randn(2, 16, size, size)
+    if channels_last:
+        layer, x = layer.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x).float().sum().backward()
+    assert layer.conv.weight.grad.stride() == layer.conv.weight.stride()

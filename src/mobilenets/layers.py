@@ -79,7 +79,7 @@ class ConvBNAct(nn.Module):
         """
         conv = self.conv
         if conv.kernel_size == (1, 1) and conv.groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
-            y = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+            y = F.linear(x.permute(0, 2, 3, 1), _as_matrix(conv.weight), conv.bias)
             return y.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last, no copy
         if self.depthwise and (conv.stride != (1, 1) or conv.kernel_size[0] > 3):
             with torch.autocast("cpu", enabled=False):  # back to bf16 so that BN reads half the bytes
@@ -90,17 +90,16 @@ class ConvBNAct(nn.Module):
         return conv(x)
 
 
-def pointwise_weights_as_linear(model: nn.Module) -> None:
-    """Give the 1x1 kernels that CPU bf16 training runs as ``linear`` the strides of their gradients.
+def _as_matrix(kernel: Tensor) -> Tensor:
+    """A 1x1 kernel as an (out, in) matrix whose gradient comes back in the kernel's own strides.
 
-    A 1x1 kernel has the same memory in both layouts, but ``channels_last`` gives it other strides
-    than the gradient that comes back through ``linear``; DDP then warns that they differ and copies
-    each such gradient into its buckets on every step. (The convolution path returns channels-last
-    gradients whatever the kernel's strides, so those kernels keep theirs.)
+    A 1x1 kernel has the same memory in both layouts but other strides (``channels_last`` gives
+    its size-1 dims stride ``in``), and DDP copies every gradient whose strides differ from its
+    parameter's into its buckets, with a warning; the convolution path returns the kernel's.
     """
-    for m in model.modules():
-        if isinstance(m, ConvBNAct) and m.conv.kernel_size == (1, 1) and m.conv.groups == 1:
-            m.conv.weight.data = m.conv.weight.data.clone(memory_format=torch.contiguous_format)
+    if kernel.stride(-1) == 1:  # contiguous: flatten's gradient is contiguous too
+        return kernel.flatten(1)
+    return kernel.permute(0, 2, 3, 1).flatten(1)  # its gradient, permuted back, is channels-last
 
 
 class SqueezeExcite(nn.Module):

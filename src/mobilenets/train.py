@@ -26,7 +26,6 @@ from tqdm import tqdm
 from . import distributed
 from .files import atomic_write, save_torch
 from .finetune import freeze_backbone, train_mode
-from .layers import pointwise_weights_as_linear
 from .optim import EpochSchedule, build_optimizer
 from .plots import plot_curves
 from .precision import amp_dtype, autocast
@@ -132,8 +131,6 @@ class Trainer:
             self._load(self.out / "last.pt")
         self.net: nn.Module = self.model
         if self.dist.enabled:
-            if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16 and r.channels_last:
-                pointwise_weights_as_linear(self.model)
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
