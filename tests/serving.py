@@ -92,8 +92,10 @@ def train_tiny_classifier(folder: Path) -> Path:
 
 def make_tiny_detector(folder: Path) -> Path:
     """An untrained SSDLite (V3-Small, x0.25, 96 px) for Fashion-MNIST's 10 classes; its heads get
-    larger random weights, so that it finds boxes of more than one score."""
+    larger random weights and its BN random statistics, so that it finds boxes of many scores
+    (untrained BN leaves features that tie whole rows of boxes, which NMS may break either way)."""
     import torch
+    from model_helpers import randomize_batchnorm
 
     import mobilenets
     from mobilenets.data import FASHION_MNIST_CLASSES
@@ -104,6 +106,7 @@ def make_tiny_detector(folder: Path) -> Path:
     with torch.no_grad():
         for p in model.head.parameters():
             p.normal_(0, 0.4)
+    randomize_batchnorm(model, seed=0)
     path = folder / "detector.pt"
     mobilenets.save_weights(model, path, class_names=list(FASHION_MNIST_CLASSES), category_ids=list(range(1, 11)))
     return path

@@ -115,6 +115,26 @@ def test_graph_gives_the_models_own_detections():
     assert box < 1e-3 and score < 1e-5
 
 
+def test_verification_lets_nms_break_a_tie_either_way():
+    # Two overlapping boxes of one label and the same score: NMS keeps either, and a runtime that
+    # keeps the other one is right. Anything else still counts as a difference.
+    a, a2, b = [0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [20.0, 20.0, 30.0, 30.0]  # IoU(a, a2) 0.82
+
+    def detections(first, score=0.5):
+        return [torch.tensor([[first, b, [0.0] * 4]]), torch.tensor([[score, 0.4, 0.0]]), torch.tensor([[1, 2, 0]])]
+
+    def candidates(score_of_a2):  # the reference's boxes (N, A, 4) and scores (N, C, A) before NMS
+        return torch.tensor([[a, a2, b]]), torch.tensor([[[0.5, score_of_a2, 0.0], [0.0, 0.0, 0.4]]])
+
+    reference = detections(a)
+    assert compare(reference, detections(a2)) == pytest.approx((1.0, 0.0))
+    assert compare(reference, detections(a2), candidates=candidates(0.5)) == (0.0, 0.0)
+    assert compare(reference, detections(a2), candidates=candidates(0.3)) == pytest.approx((1.0, 0.0))  # not there
+    apart = compare(reference, detections(a2), candidates=candidates(0.5), iou_threshold=0.9)  # NMS keeps both
+    assert apart == pytest.approx((1.0, 0.0))
+    assert compare(reference, detections(a2, 0.49), candidates=candidates(0.49)) == pytest.approx((1.0, 0.01))
+
+
 @pytest.mark.parametrize("fmt, int8", [("onnx", False), ("openvino", True), ("executorch", False), ("tflite", True)])
 def test_export_verified_in_its_runtime(trained, capsys, tmp_path, fmt, int8):
     data, out = trained

@@ -88,26 +88,59 @@ def _rows(out: Sequence[Tensor], i: int, floor: float) -> Tensor:
     return torch.cat([scores[keep, None].double(), labels[keep, None].double(), boxes[keep].double()], dim=1)
 
 
-def compare(reference: Sequence[Tensor], exported: Sequence[Tensor]) -> tuple[float, float]:
+def _gap(a: Tensor, b: Tensor) -> float:
+    """The largest difference between two rows' box corners, in pixels."""
+    return (a[2:] - b[2:]).abs().max().item()
+
+
+def _tied_in_nms(kept: Tensor, other: Tensor, candidates: tuple[Tensor, Tensor], iou_threshold: float) -> bool:
+    """Whether ``other`` could stand where ``kept`` is: same label and score, overlapping beyond the NMS
+    threshold, and among the reference's candidates (boxes (A, 4), scores (C, A)) before NMS."""
+    if other[1] != kept[1] or abs(other[0] - kept[0]) > SCORE_TOLERANCE:
+        return False
+    if box_iou(kept[None, 2:], other[None, 2:]).item() <= iou_threshold:
+        return False
+    boxes, scores = candidates
+    near = ((boxes.double() - other[2:]).abs().amax(1) <= BOX_TOLERANCE) & (
+        (scores[int(kept[1]) - 1].double() - other[0]).abs() <= SCORE_TOLERANCE)
+    return bool(near.any())
+
+
+def compare(reference: Sequence[Tensor], exported: Sequence[Tensor], *,
+            candidates: tuple[Tensor, Tensor] | None = None, iou_threshold: float = 0.5) -> tuple[float, float]:
     """(max box difference, max score difference) between two graphs' detections, matched one to
-    one (same label, nearest box: tied scores may come out in either order); a missing or extra
-    detection is infinite. Detections tied with the last kept score are left out: the top-K
-    cut may take either of them."""
+    one (same label, box within ``BOX_TOLERANCE``, in any order); a missing or extra detection is
+    infinite. Ties may be broken either way, so two differences pass: detections tied with the
+    last kept score (the top-K cut may take either), and, given ``candidates`` (the reference's
+    boxes (N, A, 4) and scores (N, C, A) before NMS), one box kept where the reference kept another
+    of the same label and score that it overlaps beyond ``iou_threshold`` (NMS keeps either)."""
     worst_box = worst_score = 0.0
     for i in range(len(reference[0])):
         floor = float(reference[1][i].min()) + SCORE_TOLERANCE
         a, b = _rows(reference, i, floor), _rows(exported, i, floor)
         if a.shape != b.shape:
             return float("inf"), float("inf")
-        free = list(range(len(b)))
+        free, unmatched = list(range(len(b))), []
         for row in a:
+            close = [j for j in free if b[j, 1] == row[1] and _gap(b[j], row) <= BOX_TOLERANCE]
+            if not close:
+                unmatched.append(row)
+                continue
+            j = min(close, key=lambda j: abs(b[j, 0] - row[0]).item())
+            free.remove(j)
+            worst_box, worst_score = max(worst_box, _gap(b[j], row)), max(worst_score, abs(b[j, 0] - row[0]).item())
+        for row in unmatched:
+            if candidates is not None:
+                tied = [j for j in free if _tied_in_nms(row, b[j], (candidates[0][i], candidates[1][i]), iou_threshold)]
+                if tied:
+                    free.remove(tied[0])
+                    continue
             same = [j for j in free if b[j, 1] == row[1]]
             if not same:
                 return float("inf"), float("inf")
-            j = min(same, key=lambda j: (b[j, 2:] - row[2:]).abs().max().item())
+            j = min(same, key=lambda j: _gap(b[j], row))
             free.remove(j)
-            worst_box = max(worst_box, (b[j, 2:] - row[2:]).abs().max().item())
-            worst_score = max(worst_score, abs(b[j, 0] - row[0]).item())
+            worst_box, worst_score = max(worst_box, _gap(b[j], row)), max(worst_score, abs(b[j, 0] - row[0]).item())
     return worst_box, worst_score
 
 
@@ -144,6 +177,7 @@ def export_detector(model: SSD, out: str | os.PathLike, fmt: str, *, class_names
                       score_threshold=graph.score_threshold)
     with torch.no_grad():
         references = [reference_graph(x) for x in images]
+        candidates = [reference_graph.decode(x) for x in images]
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         if fmt in PHONE_FORMATS:
@@ -161,7 +195,8 @@ def export_detector(model: SSD, out: str | os.PathLike, fmt: str, *, class_names
                 work = Path(tmp) / "model.xml"
         run = graph_runner(work, meta)
         outputs = [run(x) for x in images]
-        pairs = [compare(r, o) for r, o in zip(references, outputs)]
+        pairs = [compare(r, o, candidates=c, iou_threshold=graph.iou_threshold)
+                 for r, o, c in zip(references, outputs, candidates)]
         max_box, max_score = max(p[0] for p in pairs), max(p[1] for p in pairs)
         agreement = None
         if int8:
