@@ -114,7 +114,7 @@ def compare(reference: Sequence[Tensor], exported: Sequence[Tensor], *,
     last kept score (the top-K cut may take either), and, given ``candidates`` (the reference's
     boxes (N, A, 4) and scores (N, C, A) before NMS), one box kept where the reference kept another
     of the same label and score that it overlaps beyond ``iou_threshold`` (NMS keeps either)."""
-    worst_box = worst_score = 0.0
+    matched: list[tuple[Tensor, Tensor]] = []  # (reference row, exported row)
     for i in range(len(reference[0])):
         floor = float(reference[1][i].min()) + SCORE_TOLERANCE
         a, b = _rows(reference, i, floor), _rows(exported, i, floor)
@@ -123,25 +123,24 @@ def compare(reference: Sequence[Tensor], exported: Sequence[Tensor], *,
         free, unmatched = list(range(len(b))), []
         for row in a:
             close = [j for j in free if b[j, 1] == row[1] and _gap(b[j], row) <= BOX_TOLERANCE]
-            if not close:
+            if close:
+                j = min(close, key=lambda j: abs(b[j, 0] - row[0]).item())
+                free.remove(j)
+                matched.append((row, b[j]))
+            else:
                 unmatched.append(row)
-                continue
-            j = min(close, key=lambda j: abs(b[j, 0] - row[0]).item())
-            free.remove(j)
-            worst_box, worst_score = max(worst_box, _gap(b[j], row)), max(worst_score, abs(b[j, 0] - row[0]).item())
         for row in unmatched:
-            if candidates is not None:
-                tied = [j for j in free if _tied_in_nms(row, b[j], (candidates[0][i], candidates[1][i]), iou_threshold)]
-                if tied:
-                    free.remove(tied[0])
-                    continue
-            same = [j for j in free if b[j, 1] == row[1]]
+            tied = [] if candidates is None else [
+                j for j in free if _tied_in_nms(row, b[j], (candidates[0][i], candidates[1][i]), iou_threshold)]
+            same = tied or [j for j in free if b[j, 1] == row[1]]
             if not same:
                 return float("inf"), float("inf")
             j = min(same, key=lambda j: _gap(b[j], row))
             free.remove(j)
-            worst_box, worst_score = max(worst_box, _gap(b[j], row)), max(worst_score, abs(b[j, 0] - row[0]).item())
-    return worst_box, worst_score
+            if not tied:
+                matched.append((row, b[j]))
+    return (max((_gap(x, y) for x, y in matched), default=0.0),
+            max((abs(x[0] - y[0]).item() for x, y in matched), default=0.0))
 
 
 def kept_fraction(reference: Sequence[Tensor], exported: Sequence[Tensor], min_score: float = 0.3) -> float:
