@@ -93,16 +93,15 @@ def _gap(a: Tensor, b: Tensor) -> float:
     return (a[2:] - b[2:]).abs().max().item()
 
 
-def _tied_in_nms(kept: Tensor, other: Tensor, candidates: tuple[Tensor, Tensor], iou_threshold: float) -> bool:
+def _tied_in_nms(kept: Tensor, other: Tensor, boxes: Tensor, scores: Tensor, iou_threshold: float) -> bool:
     """Whether ``other`` could stand where ``kept`` is: same label and score, overlapping beyond the NMS
-    threshold, and among the reference's candidates (boxes (A, 4), scores (C, A)) before NMS."""
+    threshold, and among the reference's candidates (``boxes`` (A, 4), ``scores`` (C, A)) before NMS."""
     if other[1] != kept[1] or abs(other[0] - kept[0]) > SCORE_TOLERANCE:
         return False
     if box_iou(kept[None, 2:], other[None, 2:]).item() <= iou_threshold:
         return False
-    boxes, scores = candidates
-    near = ((boxes.double() - other[2:]).abs().amax(1) <= BOX_TOLERANCE) & (
-        (scores[int(kept[1]) - 1].double() - other[0]).abs() <= SCORE_TOLERANCE)
+    near = ((boxes - other[2:]).abs().amax(1) <= BOX_TOLERANCE) & (
+        (scores[int(kept[1]) - 1] - other[0]).abs() <= SCORE_TOLERANCE)
     return bool(near.any())
 
 
@@ -129,9 +128,9 @@ def compare(reference: Sequence[Tensor], exported: Sequence[Tensor], *,
                 matched.append((row, b[j]))
             else:
                 unmatched.append(row)
+        pool = None if candidates is None else (candidates[0][i].double(), candidates[1][i].double())
         for row in unmatched:
-            tied = [] if candidates is None else [
-                j for j in free if _tied_in_nms(row, b[j], (candidates[0][i], candidates[1][i]), iou_threshold)]
+            tied = [] if pool is None else [j for j in free if _tied_in_nms(row, b[j], *pool, iou_threshold)]
             same = tied or [j for j in free if b[j, 1] == row[1]]
             if not same:
                 return float("inf"), float("inf")
@@ -175,8 +174,8 @@ def export_detector(model: SSD, out: str | os.PathLike, fmt: str, *, class_names
                       max_detections=max_detections, iou_threshold=graph.iou_threshold,
                       score_threshold=graph.score_threshold)
     with torch.no_grad():
-        references = [reference_graph(x) for x in images]
-        candidates = [reference_graph.decode(x) for x in images]
+        candidates = [reference_graph.decode(x) for x in images]  # before NMS: ties NMS may break either way
+        references = [reference_graph.select(*c) for c in candidates]
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         if fmt in PHONE_FORMATS:

@@ -94,8 +94,12 @@ class DetectorGraph(nn.Module):
                                              self.anchors.repeat(n, 1)).reshape(n, a, 4).clamp(0, self.size)
         return boxes, out["cls_logits"].softmax(-1)[..., 1:].transpose(1, 2)
 
+    def select(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``decode``'s boxes and scores after this graph's NMS and top-K."""
+        return select_detections(boxes, scores, self.max_detections, self.iou_threshold, self.score_threshold)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return select_detections(*self.decode(x), self.max_detections, self.iou_threshold, self.score_threshold)
+        return self.select(*self.decode(x))
 
 
 def select_detections(boxes: Tensor, scores: Tensor, max_detections: int, iou_threshold: float,
