@@ -101,7 +101,7 @@ def test_missing_weights_file(tmp_path):
         mobilenets.create_model("mobilenet_v1", weights=tmp_path / "nope.pt")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage", b"junk\n"])
 def test_corrupt_weights_file(tmp_path, content):
     (tmp_path / "bad.pt").write_bytes(content)
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):

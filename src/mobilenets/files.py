@@ -60,8 +60,10 @@ def load_torch(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # arbitrary bytes fail the unpickler in many ways (a KeyError for "junk")
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        known = isinstance(e, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError))
+        reason = text if known and text else f"{type(e).__name__}: {text}" if text else type(e).__name__
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
 
 
