@@ -160,15 +160,15 @@ def test_wrong_channel_count():
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise s1", "depthwise s2", "depthwise 5x5",
                                   "depthwise on a 2x2 map"])
 def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
-    # Under CPU bf16 autocast with gradients, ConvBNAct computes its convolution in the way
-    # oneDNN trains fastest (pointwise as a GEMM, strided depthwise in fp32, tiny maps padded
-    # first); inference takes the plain path. Both must be the same function.
+    # Training under CPU bf16 autocast, ConvBNAct computes its convolution in the way oneDNN
+    # trains fastest (pointwise as a GEMM, strided depthwise in fp32, tiny maps padded first);
+    # inference and eval mode (exports) take the plain path. Both must be the same function.
     from mobilenets.layers import ConvBNAct
 
     c, size, stride, groups, k = {"pointwise": (16, 8, 1, 1, 1), "depthwise s1": (16, 8, 1, 16, 3),
                                   "depthwise s2": (16, 8, 2, 16, 3), "depthwise 5x5": (16, 8, 1, 16, 5),
                                   "depthwise on a 2x2 map": (16, 2, 1, 16, 3)}[kind]
-    layer = ConvBNAct(c, c, k, stride, groups=groups).eval()  # eval: BN uses fixed statistics on both paths
+    layer = ConvBNAct(c, c, k, stride, groups=groups)  # BN: the same batch's statistics on both paths
     x = torch.randn(4, c, size, size).to(memory_format=torch.channels_last).bfloat16()
     seen = []
     layer.conv.register_forward_hook(lambda m, inp, out: seen.append(inp[0].dtype))
@@ -184,6 +184,31 @@ def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
         assert seen[0] == torch.float32  # oneDNN's bf16 backward of these depthwise convs is slow
     elif kind == "depthwise s1":
         assert seen[0] == torch.bfloat16
+
+
+@pytest.mark.parametrize("size, stride, k, padded", [(2, 1, 3, True), (1, 1, 3, True), (2, 2, 3, True),
+                                                    (4, 1, 5, True), (3, 1, 3, False), (5, 1, 5, False)])
+def test_cpu_fp32_training_pads_tiny_maps_beforehand(size, stride, k, padded):
+    # oneDNN's depthwise weight gradient is slow where the padding is most of the map, so fp32
+    # training on the CPU pads such maps first. Output and gradients must be the plain layer's.
+    from mobilenets.layers import ConvBNAct
+
+    layer = ConvBNAct(16, 16, k, stride, groups=16).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 16, size, size).to(memory_format=torch.channels_last).requires_grad_()
+    calls = []
+    layer.conv.register_forward_hook(lambda *_: calls.append(1))
+    trained = layer(x)
+    assert len(calls) == (0 if padded else 1)
+    weight = torch.randn_like(trained)
+    grads = torch.autograd.grad((trained * weight).sum(), (x, layer.conv.weight))
+    plain = layer.act(layer.bn(layer.conv(x)))  # the module's own convolution, same BN batch statistics
+    plain_grads = torch.autograd.grad((plain * weight).sum(), (x, layer.conv.weight))
+    torch.testing.assert_close(trained, plain)
+    for mine, theirs in zip(grads, plain_grads):
+        torch.testing.assert_close(mine, theirs)
+    calls.clear()
+    layer.eval()(x)  # eval mode, as exports trace it, takes the plain path even with gradients on
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "contiguous"])

@@ -62,32 +62,44 @@ class ConvBNAct(nn.Module):
         self.depthwise = groups > 1 and groups == in_ch
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
-            return self.act(self.bn(self._conv_for_cpu_bf16_training(x)))
+        if x.device.type == "cpu" and self.training and torch.is_grad_enabled():  # exports trace the plain path
+            return self.act(self.bn(self._conv_for_cpu_training(x)))
         return self.act(self.bn(self.conv(x)))
 
-    def _conv_for_cpu_bf16_training(self, x: Tensor) -> Tensor:
-        """The same convolution, computed the way oneDNN trains fastest under CPU bf16 autocast.
+    def _conv_for_cpu_training(self, x: Tensor) -> Tensor:
+        """The same convolution, computed the way oneDNN trains fastest on a CPU.
 
-        Measured fwd + bwd on AMX (benchmarks/train_throughput.py, docs/results.md): oneDNN's bf16
-        1x1 convolution backward is 1.3x to 7x slower than the equivalent GEMM, most on small
-        maps, so a pointwise layer on channels-last input runs as ``linear`` over the channels;
-        its bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2, and 3.7x to 4x
-        slower for 5x5 kernels at stride 1 (V3's; 10x10 to 40x40 maps, batch 32), so those run in
-        fp32 (depthwise layers hold ~3 % of the mult-adds, V1 Table 2), and 4x slower on maps
-        below 4x4 unless the input is padded explicitly.
+        Measured fwd + bwd (benchmarks/train_throughput.py, docs/results.md). Under bf16 autocast
+        (AMX): oneDNN's bf16 1x1 convolution backward is 1.3x to 7x slower than the equivalent
+        GEMM, most on small maps, so a pointwise layer on channels-last input runs as ``linear``
+        over the channels; its bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2,
+        and 3.7x to 4x slower for 5x5 kernels at stride 1 (V3's; 10x10 to 40x40 maps, batch 32),
+        so those run in fp32 (depthwise layers hold ~3 % of the mult-adds, V1 Table 2).
         """
         conv = self.conv
+        if not torch.is_autocast_enabled("cpu"):
+            return self._depthwise(x, tiny=conv.kernel_size[0]) if self.depthwise else conv(x)
         if conv.kernel_size == (1, 1) and conv.groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
             y = F.linear(x.permute(0, 2, 3, 1), _as_matrix(conv.weight), conv.bias)
             return y.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last, no copy
         if self.depthwise and (conv.stride != (1, 1) or conv.kernel_size[0] > 3):
             with torch.autocast("cpu", enabled=False):  # back to bf16 so that BN reads half the bytes
-                return conv(x.float()).to(torch.get_autocast_dtype("cpu"))
-        if self.depthwise and min(x.shape[-2:]) < 4:  # padded beforehand, the map is no longer tiny
-            p = conv.padding[0]
-            return F.conv2d(F.pad(x, (p, p, p, p)), conv.weight, None, 1, 0, 1, conv.groups)
-        return conv(x)
+                return self._depthwise(x.float(), tiny=conv.kernel_size[0]).to(torch.get_autocast_dtype("cpu"))
+        return self._depthwise(x, tiny=4) if self.depthwise else conv(x)
+
+    def _depthwise(self, x: Tensor, tiny: int) -> Tensor:
+        """The depthwise convolution, its input padded beforehand on maps under ``tiny`` pixels.
+
+        oneDNN's depthwise weight gradient is slow where the padding is most of the map: in fp32
+        (AVX2), 3x3 on 2x2 and 1x1 maps and 5x5 on 3x3 and 4x4 maps take 2x to 9x the time of
+        the same layer on the explicitly padded map (V1's last 2x2 layer at batch 128: 40 ms
+        against 4.6); in bf16, 3x3 on maps below 4x4 take 4x.
+        """
+        conv = self.conv
+        if min(x.shape[-2:]) >= tiny:
+            return conv(x)
+        p = conv.padding[0]
+        return F.conv2d(F.pad(x, (p, p, p, p)), conv.weight, None, conv.stride, 0, 1, conv.groups)
 
 
 def _as_matrix(kernel: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from . import distributed
 from .files import atomic_write, save_torch
 from .finetune import freeze_backbone, train_mode
+from .memory import keep_freed_memory
 from .optim import EpochSchedule, build_optimizer
 from .plots import plot_curves
 from .precision import amp_dtype, autocast
@@ -94,6 +95,8 @@ class Trainer:
         self.out = Path(cfg.out)
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
+        if self.device.type == "cpu":
+            keep_freed_memory()
         if not resume and (self.out / "last.pt").exists():
             raise TrainingError(f"{self.out} already holds a run (last.pt): pass --resume to continue it, "
                                 "or choose another --out")
