@@ -1,4 +1,4 @@
-"""Process memory for CPU training: keep freed blocks for the next step instead of unmapping them."""
+"""Process memory on the CPU: keep freed blocks for the next batch instead of unmapping them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def keep_freed_memory() -> bool:
     threshold) and unmaps it when freed, so each step of CPU training whose activations are that
     large (V1 at 72x72 and batch 256: 42 MB for one layer's output) faults in and zeroes new pages
     for every layer, every step. Kept in the heap, the pages of one step serve the next: the
-    ``fashion-mnist`` recipe's step went from about 135 to 177 images/s in fp32 on an AVX2 host
+    ``fashion-mnist`` recipe's fp32 step went from 158 to 202 images/s on an AVX2 host
     (docs/results.md, section 2), and evaluating its test set took 25 s instead of 61. The cost
     is that the process keeps its peak memory until it exits, as tcmalloc and jemalloc also do.
     Returns whether the setting took (not off glibc).
