@@ -62,8 +62,9 @@ def load_torch(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # arbitrary bytes fail the unpickler in many ways (a KeyError for "junk")
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        known = isinstance(e, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError))
-        reason = text if known and text else f"{type(e).__name__}: {text}" if text else type(e).__name__
+        reason = text or type(e).__name__
+        if text and not isinstance(e, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)):
+            reason = f"{type(e).__name__}: {text}"  # the type says what the bare text does not
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
 
 
