@@ -29,7 +29,8 @@ from pathlib import Path
 from int8_choice import accuracy
 
 from mobilenets import create_model
-from mobilenets.bench import BACKENDS, Config, check_backends, export_for_backend, time_backend, time_exported
+from mobilenets.bench import BACKENDS, Config, check_backends, time_backend, time_exported
+from mobilenets.bench.worker import export_for_backend
 from mobilenets.evaluate import evaluate_data
 from mobilenets.export import export_model, load_source
 from mobilenets.files import atomic_write

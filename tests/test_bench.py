@@ -7,6 +7,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
 from mobilenets import bench
+from mobilenets.bench.worker import run_job
 from mobilenets.precision import cpu_has_native_bf16
 
 
@@ -66,7 +67,7 @@ def test_bf16_backends_are_unavailable_without_native_bf16(monkeypatch, backend)
     monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # the worker runs in this test's process
     job = {"threads": 1, "backend": backend, "configs": [{"model": "mobilenet_v1", "input_size": 32}] * 2,
            "repeats": 1, "warmup": 1}
-    results = bench._worker(job)
+    results = run_job(job)
     assert len(results) == 2 and not any(r["available"] for r in results)
     assert all("no native bf16" in r["reason"] for r in results)
 
@@ -109,12 +110,13 @@ def test_missing_runtime_is_reported_not_raised(tmp_path, monkeypatch):
     monkeypatch.setattr("mobilenets.runtimes.importlib.import_module", fake)
     job = {"backend": "openvino", "configs": [{"model": "mobilenet_v1", "width_mult": 0.25, "input_size": 32}],
            "threads": 1, "repeats": 1, "warmup": 0, "workdir": str(tmp_path)}
-    (result,) = bench._worker(job)
+    (result,) = run_job(job)
     assert result == {"available": False, "reason": "openvino is not installed: pip install 'mobilenets[deploy]'"}
 
 
 def test_worker_failure_becomes_a_reason(monkeypatch):
-    monkeypatch.setattr(bench, "run_worker", lambda job, threads: [{"available": False, "reason": "boom"}])
+    monkeypatch.setattr("mobilenets.bench.run.run_worker",
+                        lambda job, threads: [{"available": False, "reason": "boom"}])
     configs = bench.sweep_configs()
     timings = bench.time_backend("eager", configs, threads=1, repeats=1, warmup=0)
     assert len(timings) == 16 and all(not t.available and t.reason == "boom" for t in timings)
@@ -128,7 +130,7 @@ def fake_timings(backend, configs, *, threads, repeats, warmup):
 
 
 def test_compare_conv_ratios(monkeypatch):
-    monkeypatch.setattr(bench, "time_backend", fake_timings)
+    monkeypatch.setattr("mobilenets.bench.studies.time_backend", fake_timings)
     result = bench.run_compare_conv(threads=1)
     rows = {r["model"]: r for r in result.ratios()}
     assert rows["mobilenet_v1_conv"]["macs_ratio"] == pytest.approx(4866 / 569, rel=0.01)  # V1 Table 4
@@ -138,7 +140,7 @@ def test_compare_conv_ratios(monkeypatch):
 
 
 def test_sweep_writes_csv_and_plot(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench, "time_backend", fake_timings)
+    monkeypatch.setattr("mobilenets.bench.studies.time_backend", fake_timings)
     code, out, err = run_cli(capsys, "sweep", "--backends", "eager", "ort", "--out", tmp_path / "sweep",
                              "--threads", "1")
     assert code == 0, err

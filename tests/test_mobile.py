@@ -10,8 +10,8 @@ import torch
 from cli_helpers import assert_one_line_error, run_cli
 from exports import SIZE, eval_json, export, leftovers, small_model
 
-from mobilenets import bench
 from mobilenets import export as ex
+from mobilenets.bench.worker import run_job
 from mobilenets.files import replace_folder
 from mobilenets.mobile import MOBILE_FORMATS, executorch_pte, litert_tflite
 from mobilenets.preprocess import Preprocess
@@ -54,7 +54,7 @@ def test_bench_backend_exports_and_times(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # the worker runs in this test's process
     config = {"model": "mobilenet_v1", "width_mult": 0.25, "input_size": 32}
     job = {"threads": 1, "backend": "litert", "configs": [config], "repeats": 1, "warmup": 1, "workdir": str(tmp_path)}
-    (result,) = bench._worker(job)
+    (result,) = run_job(job)
     assert result["available"], result
     assert result["median_ms"] > 0 and result["size_bytes"] > 0
 
