@@ -225,5 +225,3 @@ def _megabytes(n: int | None) -> str:
 
 def _gflops(x: float | None) -> str:
     return f"{x:.1f} GFLOP/s" if x is not None else "not measured"
-
-

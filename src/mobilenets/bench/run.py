@@ -156,4 +156,3 @@ def run_bench(
         notes.append(f"{threads} threads on {default_threads()} CPUs: timings are oversubscribed")
     return BenchReport(config, threads, repeats, report.macs, report.params, tuple(results), peer_timing,
                        peak_result, tuple(notes))
-

@@ -157,6 +157,3 @@ def format_sweep(rows: Sequence[dict]) -> str:
         lines.append(f"{r['width_mult']:>5g} {r['input_size']:>5} {r['macs'] / 1e6:>11.1f} {r['params'] / 1e6:>9.2f} "
                      f"{r['backend']:<14} {timing}")
     return "\n".join(lines)
-
-
-
