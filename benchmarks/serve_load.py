@@ -5,20 +5,25 @@
 
 Without ``--checkpoint`` the model is MobileNet V1 1.0 at 224 px (random weights, 1000 classes),
 exported to ONNX (or ONNX int8 with ``--int8``, calibrated on random images: the speed is what
-counts here) in a temporary folder. For each ``--max-batch`` value (default: 16, then 1) a server
-is started on a free loopback port, warmed up, and sent ``--requests`` POST /predict requests by
-``--concurrency`` clients (asyncio + aiohttp, keep-alive connections), each sending its next
-request when the last is answered. The load is bounded in count and in time (``--timeout``),
-goes to 127.0.0.1 only, and stops by itself. Printed per server: throughput, latency p50 / p90
-/ p99, failed requests (any status but 200, or no answer), the mean batch size from /metrics;
-then the throughput ratio. The clients share the machine's cores with the server: quote the
-numbers with the machine and the command. The script asserts nothing.
+counts here) in a temporary folder. One server per ``--max-batch`` value (default: 16 and 1) is
+started on a free loopback port and warmed up; then the servers take turns, ``--rounds`` times
+(the order reversed every other round), each turn ``--requests / --rounds`` POST /predict
+requests from ``--concurrency`` clients (asyncio + aiohttp, keep-alive connections), each
+sending its next request when the last is answered. Taking turns puts the servers side by side
+in time, so that a shared machine's slow minutes fall on both. The load is bounded in count
+and in time (``--timeout``), goes to 127.0.0.1 only, and stops by itself. Printed per server:
+throughput (median of its rounds, and the range), latency p50 / p90 / p99 over all its
+requests, failed requests (any status but 200, or no answer), the mean batch size from
+/metrics; then the throughput ratio of the first server to the last, round by round and its
+median. The clients share the machine's cores with the server: quote the numbers with the
+machine and the command. The script asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -72,7 +77,10 @@ class ServerProcess:
                 return
         raise RuntimeError(f"the server did not start (exit status {self.proc.wait()})")
 
-    def stop(self) -> None:
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(60)
 
@@ -117,17 +125,26 @@ async def load(url: str, body: bytes, content_type: str, concurrency: int, reque
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout)
         seconds = time.perf_counter() - started
         after = await get_metrics()
-    ms = np.array(latencies) * 1000
     batches = _metric(after, "mobilenets_batch_size_count") - _metric(before, "mobilenets_batch_size_count")
     images = _metric(after, "mobilenets_batch_size_sum") - _metric(before, "mobilenets_batch_size_sum")
+    return {"seconds": seconds, "latencies": latencies, "failed": failures, "batches": batches, "images": images}
+
+
+def summary(rounds: list[dict]) -> dict:
+    """One server's rounds: median throughput (and range), pooled latency percentiles, totals."""
+    rates = [len(r["latencies"]) / r["seconds"] for r in rounds]
+    ms = np.array([t for r in rounds for t in r["latencies"]]) * 1000
+    batches, images = sum(r["batches"] for r in rounds), sum(r["images"] for r in rounds)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(ms, q)), 2) if len(ms) else None
+
     return {
-        "requests": requests,
-        "failed": failures,
-        "seconds": round(seconds, 2),
-        "throughput_rps": round(len(latencies) / seconds, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
-        "p90_ms": round(float(np.percentile(ms, 90)), 2) if len(ms) else None,
-        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "requests": len(ms) + sum(r["failed"] for r in rounds),
+        "failed": sum(r["failed"] for r in rounds),
+        "throughput_rps": round(float(np.median(rates)), 1),
+        "throughput_range": [round(min(rates), 1), round(max(rates), 1)],
+        "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
         "mean_batch": round(images / batches, 2) if batches else None,
     }
 
@@ -144,7 +161,8 @@ def main() -> int:
     p.add_argument("--backend", help="--backend for a training checkpoint (eager, ort, openvino)")
     p.add_argument("--image", help="image file to send (default: a synthetic 224x224 JPEG)")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=2000, help="measured requests per server, over all rounds")
+    p.add_argument("--rounds", type=int, default=5, help="turns each server takes (default 5)")
     p.add_argument("--warmup", type=int, default=100, help="requests sent before the measured ones")
     p.add_argument("--max-batch", type=int, nargs="+", default=[16, 1], help="servers to compare (default 16 1)")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -153,37 +171,52 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args()
 
+    if args.rounds < 1 or args.requests < args.rounds:
+        p.error("--rounds must be at least 1 and at most --requests")
     body = Path(args.image).read_bytes() if args.image else synthetic_jpeg()
     content_type = "image/png" if body[:4] == b"\x89PNG" else "image/jpeg"
-    with tempfile.TemporaryDirectory() as tmp:
+
+    def run_load(server: ServerProcess, requests: int) -> dict:
+        return asyncio.run(load(server.url, body, content_type, args.concurrency, requests, args.timeout))
+
+    rounds: dict[int, list[dict]] = {max_batch: [] for max_batch in args.max_batch}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         checkpoint = args.checkpoint or str(export_v1(Path(tmp), args.int8))
-        results = {}
+        servers = {}
         for max_batch in args.max_batch:
             server_args = ["--checkpoint", checkpoint, "--threads", str(args.threads), "--max-batch", str(max_batch),
                            "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(max(256, args.concurrency))]
             if args.backend:
                 server_args += ["--backend", args.backend]
-            server = ServerProcess(server_args)
-            try:
-                asyncio.run(load(server.url, body, content_type, args.concurrency, args.warmup, args.timeout))
-                results[max_batch] = asyncio.run(load(server.url, body, content_type, args.concurrency,
-                                                      args.requests, args.timeout))
-            finally:
-                server.stop()
-            print(f"--max-batch {max_batch}: {json.dumps(results[max_batch])}", file=sys.stderr, flush=True)
+            servers[max_batch] = stack.enter_context(ServerProcess(server_args))
+            run_load(servers[max_batch], args.warmup)
+        for i in range(args.rounds):
+            order = args.max_batch if i % 2 == 0 else args.max_batch[::-1]
+            for max_batch in order:
+                rounds[max_batch].append(run_load(servers[max_batch], args.requests // args.rounds))
+            print(f"round {i + 1}: " + ", ".join(f"--max-batch {m} {len(r[-1]['latencies']) / r[-1]['seconds']:.1f} "
+                                                f"req/s" for m, r in rounds.items()), file=sys.stderr, flush=True)
+    results = {max_batch: summary(r) for max_batch, r in rounds.items()}
     first, last = args.max_batch[0], args.max_batch[-1]
-    ratio = results[first]["throughput_rps"] / results[last]["throughput_rps"] if len(results) > 1 else None
+    ratios = [] if len(rounds) < 2 else [
+        (len(a["latencies"]) / a["seconds"]) / (len(b["latencies"]) / b["seconds"])
+        for a, b in zip(rounds[first], rounds[last])]
+    ratio = float(np.median(ratios)) if ratios else None
     if args.json:
         print(json.dumps({"model": args.checkpoint or ("v1-224-int8" if args.int8 else "v1-224-fp32"),
-                          "concurrency": args.concurrency, "max_wait_ms": args.max_wait_ms,
-                          "threads": args.threads, "results": results, "ratio": ratio}, indent=2))
+                          "concurrency": args.concurrency, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
+                          "rounds": args.rounds, "results": results, "ratios": [round(r, 3) for r in ratios],
+                          "ratio": ratio}, indent=2))
         return 0
-    print(f"{'max batch':>9} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'failed':>7} {'mean batch':>10}")
+    print(f"{'max batch':>9} {'req/s':>8} {'range':>13} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'failed':>7} "
+          f"{'mean batch':>10}")
     for max_batch, r in results.items():
-        print(f"{max_batch:>9} {r['throughput_rps']:>8} {r['p50_ms']:>8} {r['p90_ms']:>8} {r['p99_ms']:>8} "
-              f"{r['failed']:>7} {r['mean_batch']:>10}")
+        low, high = r["throughput_range"]
+        print(f"{max_batch:>9} {r['throughput_rps']:>8} {f'{low}-{high}':>13} {r['p50_ms']:>8} {r['p90_ms']:>8} "
+              f"{r['p99_ms']:>8} {r['failed']:>7} {r['mean_batch']:>10}")
     if ratio is not None:
-        print(f"throughput, --max-batch {first} / --max-batch {last}: {ratio:.2f}x")
+        print(f"throughput, --max-batch {first} / --max-batch {last}, round by round: "
+              f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {ratio:.2f}x")
     return 0
 
 

@@ -290,6 +290,28 @@ def test_decoded_images_are_the_models_crop(tiny_classifier):
     assert image.dtype == torch.uint8 and tuple(image.shape) == (1, 28, 28)  # grey, the crop (resized in the batch)
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large"])
+def test_eager_server_runs_a_folded_channels_last_copy_with_the_same_logits(name):
+    from mobilenets import create_model
+    from mobilenets.serve.servable import INPLACE_ACTIVATIONS, inference_copy
+
+    torch.manual_seed(0)
+    model = create_model(name, width_mult=0.5, num_classes=10).eval()
+    for module in model.modules():  # BN statistics away from the identity, so folding changes the weights
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    served = inference_copy(model)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        assert torch.allclose(served(x), model(x), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy: the model is untouched
+    assert all(m.inplace for m in served.modules() if isinstance(m, INPLACE_ACTIVATIONS))
+    stem = next(m for m in served.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def same_detections(a: list[dict], b: list[dict]) -> None:
     """The same boxes, labels and scores, in any order among equal scores."""
     key = lambda d: (d["label"], *d["box"])  # noqa: E731
