@@ -102,6 +102,17 @@ def test_coreml_is_converted_and_says_it_was_not_run(tmp_path, capsys, folder):
         assert_one_line_error(code, err, "Core ML models run only on macOS and iOS")
 
 
+def test_litert_input_is_nhwc_and_quantized_as_the_file_says():
+    image = np.random.default_rng(0).normal(0, 2, (1, 3, 8, 6)).astype(np.float32)
+    as_float = litert_tflite._input(image, {"dtype": np.float32})
+    assert as_float.flags.c_contiguous and np.array_equal(as_float, image.transpose(0, 2, 3, 1))
+    scale, zero_point = 0.0213, -7
+    as_int8 = litert_tflite._input(image, {"dtype": np.int8, "quantization": (scale, zero_point)})
+    expected = np.clip(np.round(image.transpose(0, 2, 3, 1) / scale) + zero_point, -128, 127).astype(np.int8)
+    assert as_int8.dtype == np.int8 and as_int8.flags.c_contiguous and np.array_equal(as_int8, expected)
+    assert as_int8.min() == -128 and as_int8.max() == 127  # values beyond the range are clipped, not wrapped
+
+
 def test_replace_folder_swaps_whole_folders(tmp_path):
     old, new = tmp_path / "m.mlpackage", tmp_path / "new"
     old.mkdir()
