@@ -130,9 +130,14 @@ async def load(url: str, body: bytes, content_type: str, concurrency: int, reque
     return {"seconds": seconds, "latencies": latencies, "failed": failures, "batches": batches, "images": images}
 
 
+def rate(run: dict) -> float:
+    """Answered requests per second of one load run."""
+    return len(run["latencies"]) / run["seconds"]
+
+
 def summary(rounds: list[dict]) -> dict:
     """One server's rounds: median throughput (and range), pooled latency percentiles, totals."""
-    rates = [len(r["latencies"]) / r["seconds"] for r in rounds]
+    rates = [rate(r) for r in rounds]
     ms = np.array([t for r in rounds for t in r["latencies"]]) * 1000
     batches, images = sum(r["batches"] for r in rounds), sum(r["images"] for r in rounds)
 
@@ -194,13 +199,11 @@ def main() -> int:
             order = args.max_batch if i % 2 == 0 else args.max_batch[::-1]
             for max_batch in order:
                 rounds[max_batch].append(run_load(servers[max_batch], args.requests // args.rounds))
-            print(f"round {i + 1}: " + ", ".join(f"--max-batch {m} {len(r[-1]['latencies']) / r[-1]['seconds']:.1f} "
-                                                f"req/s" for m, r in rounds.items()), file=sys.stderr, flush=True)
+            print(f"round {i + 1}: " + ", ".join(f"--max-batch {m} {rate(r[-1]):.1f} req/s" for m, r in rounds.items()),
+                  file=sys.stderr, flush=True)
     results = {max_batch: summary(r) for max_batch, r in rounds.items()}
     first, last = args.max_batch[0], args.max_batch[-1]
-    ratios = [] if len(rounds) < 2 else [
-        (len(a["latencies"]) / a["seconds"]) / (len(b["latencies"]) / b["seconds"])
-        for a, b in zip(rounds[first], rounds[last])]
+    ratios = [rate(a) / rate(b) for a, b in zip(rounds[first], rounds[last])] if len(rounds) > 1 else []
     ratio = float(np.median(ratios)) if ratios else None
     if args.json:
         print(json.dumps({"model": args.checkpoint or ("v1-224-int8" if args.int8 else "v1-224-fp32"),
