@@ -17,8 +17,6 @@ from .report import BACKENDS, BenchReport, Config, Peak, Timing
 WORKER_TIMEOUT = 3600
 
 
-
-
 def check_backends(names: Sequence[str] | None) -> tuple[str, ...]:
     """Validate backend names (also accepts comma-separated lists); ``None`` means all."""
     if not names:

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..export import FORMATS, exported_format, read_meta
+from ..layers import ACTIVATIONS
 from ..preprocess import Preprocess
 from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .tasks import Classifier, Detector, Item
@@ -29,7 +30,7 @@ BACKENDS = {"eager": None, "ort": "onnx", "openvino": "openvino"}  # backend -> 
 FORMAT_BACKEND = {"onnx": "ort", "openvino": "openvino", "torchscript": "eager", "exported-program": "eager",
                   "executorch": "executorch", "tflite": "litert", "coreml": "coreml"}
 EAGER = "PyTorch (eager)"
-INPLACE_ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardswish, torch.nn.Hardsigmoid)
+INPLACE_ACTIVATIONS = tuple(ACTIVATIONS.values())  # the family's activations, each with an in-place form
 
 Calibration = Callable[[Preprocess], list[Tensor]]  # a classifier's preprocessing -> int8 calibration batches
 
