@@ -2,13 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from mobilenets.detection.annotations import read_coco, read_voc
 from mobilenets.detection.dataset import DetectionDataset, box_augmentation, collate, load_detection_data
-from mobilenets.detection.synthetic import make_detection_data
+from mobilenets.detection.synthetic import INK, _paste, make_detection_data
 
 
 def write_coco(root, images, annotations, categories=({"id": 3, "name": "cat"}, {"id": 7, "name": "dog"})):
@@ -130,3 +131,13 @@ def test_mild_augmentation_keeps_every_object_whole_and_at_scale(tmp_path, fashi
         mirrored = torch.stack([64 - original[:, 2], original[:, 1], 64 - original[:, 0], original[:, 3]], 1)
         torch.testing.assert_close(target["boxes"], mirrored)
         assert target["labels"].tolist() == list(record.labels)
+
+
+def test_generated_items_are_opaque_and_keep_their_shading():
+    item = np.array([[0, INK, 2 * INK, 120, 250]], dtype=np.float32)  # background, edge, three shades
+    region = np.full((1, 5, 3), 7.0, dtype=np.float32)
+    _paste(region, item, np.array([200.0, 100.0, 50.0], dtype=np.float32))
+    assert (region[0, :2] == 7).all()  # at or below INK the canvas shows through
+    shades = region[0, 2:, 0]
+    assert (np.diff(shades) > 0).all() and shades[0] > 7  # opaque above, brighter where the item is brighter
+    np.testing.assert_allclose(region[0, 4], np.clip(np.array([200, 100, 50]) * (0.3 + 0.9 * 250 / 255), 0, 255))

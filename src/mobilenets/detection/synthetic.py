@@ -1,9 +1,9 @@
 """A detection set made from Fashion-MNIST: items at several scales, with overlaps, on clutter.
 
 Each canvas gets a random colour gradient, translucent shapes and lines and some noise; then 1
-to 6 Fashion-MNIST items, each scaled to a side of 20 to 160 pixels, tinted, and pasted with
-their own grey level as opacity, so that later items partly hide earlier ones (two boxes
-overlap, see below). A box is the item's visible extent before occlusion (its
+to 6 Fashion-MNIST items, each scaled to a side of 20 to 160 pixels, tinted and pasted as solid
+objects that keep their own shading (``_paste``), so that later items partly hide earlier ones
+(two boxes overlap, see below). A box is the item's visible extent before occlusion (its
 pixels above ``INK``). Training canvases use the Fashion-MNIST training items, validation
 canvases the test items, so no item is seen in both. Written as PNG files plus COCO JSON.
 
@@ -58,6 +58,17 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
+def _paste(region: np.ndarray, item: np.ndarray, colour: np.ndarray) -> None:
+    """Paste a grey ``item`` onto ``region`` in place: opaque from twice ``INK`` up (soft below), in
+    ``colour`` shaded by the item's own grey levels. Its folds, seams and prints are what tell a
+    shirt from a T-shirt or a coat; a first version used the grey level as opacity, which turned
+    items into flat silhouettes: a classifier given their boxes told the classes apart for 76 %
+    of the items against 86 % shaded (docs/results.md, section 10)."""
+    alpha = np.clip(item / INK - 1, 0, 1)[..., None]
+    shade = np.clip(colour * (0.3 + 0.9 * item / 255)[..., None], 0, 255)
+    region[:] = region * (1 - alpha) + shade * alpha
+
+
 def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int
                 ) -> tuple[Image.Image, list[tuple[float, float, float, float]], list[int]]:
     canvas = np.asarray(_clutter(rng, size)).astype(np.float32)
@@ -76,10 +87,7 @@ def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray,
                 break
         else:
             continue
-        colour = rng.integers(0, 256, 3).astype(np.float32)
-        alpha = np.clip(mask / 255 * 1.3, 0, 1)[..., None]
-        region = canvas[y : y + side, x : x + side]
-        region[:] = region * (1 - alpha) + colour * alpha
+        _paste(canvas[y : y + side, x : x + side], mask, rng.integers(0, 256, 3).astype(np.float32))
         boxes.append(box)
         classes.append(int(labels[k]))
     return Image.fromarray(canvas.astype(np.uint8)), boxes, classes
