@@ -60,10 +60,10 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def _paste(region: np.ndarray, item: np.ndarray, colour: np.ndarray) -> None:
     """Paste a grey ``item`` onto ``region`` in place: opaque from twice ``INK`` up (soft below), in
-    ``colour`` shaded by the item's own grey levels. Its folds, seams and prints are what tell a
-    shirt from a T-shirt or a coat; a first version used the grey level as opacity, which turned
-    items into flat silhouettes: a classifier given their boxes told the classes apart for 76 %
-    of the items against 86 % shaded (docs/results.md, section 10)."""
+    ``colour`` shaded by the item's own grey levels, so that its folds, seams and prints show. A
+    first version used the grey level as opacity, which made items translucent silhouettes: a
+    classifier given their boxes told 72 % of them apart, 76 % shaded, and a detector learned them
+    slower (docs/results.md, section 10)."""
     alpha = np.clip(item / INK - 1, 0, 1)[..., None]
     shade = np.clip(colour * (0.3 + 0.9 * item / 255)[..., None], 0, 255)
     region[:] = region * (1 - alpha) + shade * alpha
