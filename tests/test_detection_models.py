@@ -9,6 +9,7 @@ from model_helpers import randomize_batchnorm
 
 import mobilenets
 from mobilenets.detection.anchors import box_matching, fit_box_scales
+from mobilenets.detection.model import last_conv, load_backbone_weights
 from mobilenets.detection.paper import DETECTION_ROWS, compare_detection_row
 from mobilenets.registry import DETECTORS
 
@@ -102,6 +103,52 @@ def test_finetuning_a_detector_reinitialises_its_class_head(tmp_path):
         model = mobilenets.create_model("ssdlite_mobilenet_v3_small", width_mult=0.5, num_classes=6,
                                         weights=tmp_path / "w.pt")
     assert model.head.classification_head.module_list[0][1].out_channels == 6 * 6
+
+
+def test_torchvision_classifier_weights_start_the_backbone(tmp_path):
+    tv = randomize_batchnorm(torchvision.models.mobilenet_v3_large())  # 1000 classes, torchvision's keys
+    torch.save(tv.state_dict(), tmp_path / "v3l.pth")
+    with pytest.warns(UserWarning, match="backbone from a classifier: 308 tensors loaded, its head left out"):
+        ours = mobilenets.create_model("ssdlite_mobilenet_v3_large", num_classes=11,
+                                       weights_backbone=tmp_path / "v3l.pth")
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        maps = ours.eval().backbone(x)
+        expansion = tv.features[13].block[0](tv.features[:13](x))  # the stride-16 tap: block 13's expansion
+        assert (maps["0"] - expansion).abs().max() < 1e-5
+        assert (maps["1"] - tv.features(x)).abs().max() < 1e-5  # the stride-32 tap: the last 1x1 conv
+    fresh = mobilenets.create_model("ssdlite_mobilenet_v3_large", num_classes=11)
+    assert torch.equal(last_conv(ours.head.classification_head.module_list[0]).bias,
+                       last_conv(fresh.head.classification_head.module_list[0]).bias)  # the heads start fresh
+
+
+def test_grey_classifier_weights_start_an_rgb_backbone(tmp_path):
+    grey = mobilenets.create_model("mobilenet_v3_small", width_mult=0.5, in_chans=1, num_classes=10)
+    mobilenets.save_weights(grey, tmp_path / "grey.pt")
+    with pytest.warns(UserWarning, match="stem adapted: stem.conv.weight from 1 to 3 input channel"):
+        det = mobilenets.create_model("ssdlite_mobilenet_v3_small", width_mult=0.5, num_classes=4,
+                                      weights_backbone=tmp_path / "grey.pt")
+    assert torch.allclose(det.backbone.stem.conv.weight.sum(1), grey.stem.conv.weight[:, 0], atol=1e-6)
+    assert torch.equal(det.backbone.blocks[3].dw.conv.weight, grey.blocks[3].dw.conv.weight)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="ssdlite_mobilenet_v3_small", reduced_tail=True), "leave out reduced_tail"),
+    (dict(name="ssdlite_mobilenet_v2"), "does not fit"),
+    (dict(name="mobilenet_v3_small"), "a classifier takes weights="),
+])
+def test_bad_backbone_weights(tmp_path, kwargs, message):
+    mobilenets.save_weights(mobilenets.create_model("mobilenet_v3_small"), tmp_path / "v3s.pt")
+    with pytest.raises(ValueError, match=message):
+        mobilenets.create_model(**kwargs, weights_backbone=tmp_path / "v3s.pt")
+
+
+def test_detector_weights_are_not_backbone_weights(tmp_path):
+    mobilenets.save_weights(mobilenets.create_model("ssdlite_mobilenet_v3_small", **SMALL), tmp_path / "det.pt")
+    with pytest.raises(ValueError, match="holds a detector's weights; a backbone starts from a classifier's"):
+        mobilenets.create_model("ssdlite_mobilenet_v3_small", **SMALL, weights_backbone=tmp_path / "det.pt")
+    with pytest.raises(ValueError, match="is for detectors, not MobileNet"):  # a config's path to the loader
+        load_backbone_weights(mobilenets.create_model("mobilenet_v3_small"), tmp_path / "det.pt")
 
 
 @pytest.mark.parametrize("kwargs, message", [

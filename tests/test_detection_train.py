@@ -17,6 +17,7 @@ from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
 from mobilenets.detection.task import DETECTION_LR, DetectionTask
 from mobilenets.export import FORMATS, read_meta
+from mobilenets.finetune import is_backbone
 from mobilenets.run_config import make_config
 
 MODEL = ["--model", "ssdlite_mobilenet_v3_small", "--reduced-tail", "--width-mult", "0.25", "--input-size", "96"]
@@ -67,6 +68,27 @@ def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
     given = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),
                         val_data=str(data["val"]), reduced_tail=True, box_scales=(0.1, 0.6))
     assert DetectionTask(given).resolve(given.recipe, 1).box_scales == (0.1, 0.6)
+
+
+def test_backbone_from_a_grey_classifier_trains_frozen(trained, capsys, tmp_path):
+    data, _ = trained
+    grey = mobilenets.create_model("mobilenet_v3_small", width_mult=0.25, in_chans=1, num_classes=10)
+    mobilenets.save_weights(grey, tmp_path / "fmnist.pt")  # a Fashion-MNIST classifier's kind of file
+    out = tmp_path / "ft"
+    code, _, err = run_cli(capsys, "train", "--model", "ssdlite_mobilenet_v3_small", "--width-mult", "0.25",
+                           "--input-size", "96", "--weights-backbone", tmp_path / "fmnist.pt", "--freeze-backbone",
+                           "--data", data["train"], "--val-data", data["val"], "--epochs", "1", "--out", out)
+    assert code == 0, err
+    assert f"backbone from {tmp_path / 'fmnist.pt'}" in err and "stem adapted" in err
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["config"]["weights_backbone"] == str(tmp_path / "fmnist.pt")
+    after = ckpt["train_state"]["model"]
+    assert torch.equal(after["backbone.blocks.2.dw.conv.weight"], grey.blocks[2].dw.conv.weight)  # frozen
+    assert torch.equal(after["backbone.blocks.2.dw.bn.running_var"], grey.blocks[2].dw.bn.running_var)
+    model = mobilenets.create_model("ssdlite_mobilenet_v3_small", width_mult=0.25, input_size=96, num_classes=11)
+    head = [name for name, _ in model.named_parameters() if not is_backbone(name)]
+    optimizer = ckpt["train_state"]["optimizer"]
+    assert len(optimizer["state"]) == sum(len(g["params"]) for g in optimizer["param_groups"]) == len(head) > 50
 
 
 def test_eval_reports_coco_map(trained, capsys):
@@ -171,6 +193,12 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--model", "mobilenet_v1", "--data", "fashion-mnist",
                            "--box-scales", "0.1", "0.5", "--out", tmp_path / "c")
     assert_one_line_error(code, err, "--box-scales is for detectors; mobilenet_v1 is a classifier")
+    code, _, err = run_cli(capsys, "train", "--model", "mobilenet_v1", "--data", "fashion-mnist",
+                           "--weights-backbone", out / "best.pt", "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "mobilenet_v1 is a classifier: use --weights")
+    code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--val-data", data["val"],
+                           "--weights-backbone", out / "best.pt", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "holds a detector's weights; a backbone starts from a classifier's")
     (tmp_path / "bad.json").write_text("{}")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", tmp_path / "bad.json")
     assert_one_line_error(code, err, "is not COCO JSON")

@@ -86,8 +86,8 @@ def test_grey_folder_from_an_rgb_file(tmp_path, tv_v3_small, capsys):
     (lambda p: (p / "bad.pt").write_bytes(b"garbage") and p / "bad.pt", [], "not a readable PyTorch checkpoint"),
     (lambda p: torch.save(torchvision.models.mobilenet_v2().state_dict(), p / "v2.pt") or p / "v2.pt", [],
      "torchvision checkpoint does not fit mobilenet_v3_small"),
-    (None, ["--freeze-backbone"], "--freeze-backbone and --backbone-lr-scale need --weights FILE"),
-    (None, ["--backbone-lr-scale", "0.1"], "need --weights FILE"),
+    (None, ["--freeze-backbone"], "--freeze-backbone and --backbone-lr-scale need --weights or --weights-backbone"),
+    (None, ["--backbone-lr-scale", "0.1"], "need --weights or --weights-backbone FILE"),
     (None, ["--hflip", "2"], "hflip must be in [0, 1]"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, make, extra, message):

@@ -218,10 +218,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "fashion-mnist")
     p.add_argument("--weights", help="start from these weights (mobilenets, torchvision or timm file): fine-tuning; "
                    "a classifier for another class count is re-initialised")
+    p.add_argument("--weights-backbone", help="detectors: start the backbone from a classifier's weights "
+                   "(mobilenets, torchvision or timm file; full tail); extra layers and heads start fresh")
     p.add_argument("--freeze-backbone", action="store_true", default=None,
-                   help="with --weights: train the head only (backbone and its BN statistics frozen)")
-    p.add_argument("--backbone-lr-scale", type=float, default=None,
-                   help="with --weights: the backbone's learning rate as a fraction of the head's (e.g. 0.1)")
+                   help="with --weights or --weights-backbone: train the head only (backbone and its BN "
+                   "statistics frozen)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None, help="with --weights or --weights-backbone: "
+                   "the backbone's learning rate as a fraction of the head's (e.g. 0.1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
@@ -363,8 +366,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     overrides = {
         k: getattr(args, k)
-        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "val_data",
-                  "reduced_tail", "width_mult",
+        for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "weights_backbone",
+                  "val_data", "reduced_tail", "width_mult",
                   "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
                   "label_smoothing", "hflip", "min_crop", "box_augment", "ema_decay", "amp", "channels_last", "compile",
                   "freeze_backbone", "backbone_lr_scale")
@@ -373,12 +376,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not is_detector(args.model):
             raise CliError(f"--box-scales is for detectors; {args.model} is a classifier")
         overrides["box_scales"] = tuple(args.box_scales)
-    if args.weights:
+    if args.weights_backbone and (args.weights or not is_detector(args.model)):
+        raise CliError("--weights-backbone starts a detector's backbone from a classifier's weights; "
+                       + ("give --weights or --weights-backbone" if args.weights else
+                          f"{args.model} is a classifier: use --weights"))
+    start = args.weights or args.weights_backbone
+    if start:
         from .files import load_torch
 
-        load_torch(args.weights)  # a missing or unreadable file fails now, not after the data is loaded
+        load_torch(start)  # a missing or unreadable file fails now, not after the data is loaded
     elif args.freeze_backbone or args.backbone_lr_scale is not None:
-        raise CliError("--freeze-backbone and --backbone-lr-scale need --weights FILE (fine-tuning)")
+        raise CliError("--freeze-backbone and --backbone-lr-scale need --weights or --weights-backbone FILE "
+                       "(fine-tuning)")
     cfg = make_config(args.model, args.data, args.out, args.recipe, resume=args.resume, **overrides)
     summary = train(cfg, resume=args.resume)
     if summary.get("stopped"):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from . import specs
-from .detection.model import build_detector
+from .detection.model import build_detector, load_backbone_weights
 from .detection.specs import DETECTORS as DETECTOR_SPECS
 from .detection.specs import DetectorSpec, check_box_scales
 from .layers import ACTIVATIONS
@@ -75,6 +75,7 @@ def create_model(
     dropout: float | None = None,
     act: str | None = None,
     weights: str | os.PathLike | None = None,
+    weights_backbone: str | os.PathLike | None = None,
     features_only: bool = False,
     reduced_tail: bool = False,
     input_size: int | None = None,
@@ -95,6 +96,10 @@ def create_model(
         weights: path to a state dict saved by this package, torchvision or timm. Everything
             is loaded but a classifier for another ``num_classes`` (re-initialised) and a stem
             for another ``in_chans`` (RGB filters summed for grey input); one warning says so.
+        weights_backbone: detectors: a classifier's weights file (this package's, torchvision's
+            or timm's) to start the backbone from, as torchvision's ``weights_backbone``; the
+            extra layers and heads start fresh. Classifiers have the full tail, so not with
+            ``reduced_tail``.
         features_only: return a backbone whose forward gives the maps at strides 4, 8, 16, 32.
         reduced_tail: detectors on V3: the last stage with half the channels (V3 Sec. 6.3).
         input_size: detectors: the side images are resized to (default 320 for SSDLite, 300
@@ -122,6 +127,12 @@ def create_model(
             spec, width_mult=args.width_mult, num_classes=num_classes, in_chans=in_chans, dropout=dropout, act=act
         )
     model.args = args
+    if weights_backbone is not None:
+        if not detector or weights is not None:
+            raise ValueError("weights_backbone starts a detector's backbone from a classifier's weights; "
+                             + ("a classifier takes weights=" if not detector else "give weights or weights_backbone"))
+        warnings.warn(f"{weights_backbone}: " + "; ".join(load_backbone_weights(model, weights_backbone)),
+                      stacklevel=2)
     if weights is not None:
         notes = load_pretrained(model, weights)
         if notes:  # one warning, whatever had to be adapted

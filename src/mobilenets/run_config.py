@@ -32,6 +32,7 @@ class TrainConfig:
     workers: int = 0
     subset: int | None = None  # first N training images only (quick runs, tests)
     weights: str | None = None  # start from these weights (fine-tuning) instead of from scratch
+    weights_backbone: str | None = None  # detectors: start the backbone from a classifier's weights
     val_data: str | None = None  # detection: the validation annotations (COCO JSON)
     reduced_tail: bool = False  # detectors on V3: C4-C5 halved
 

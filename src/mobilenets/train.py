@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import distributed
+from .detection.model import load_backbone_weights
 from .files import atomic_write, save_torch
 from .finetune import freeze_backbone, train_mode
 from .memory import keep_freed_memory
@@ -100,9 +101,9 @@ class Trainer:
         if not resume and (self.out / "last.pt").exists():
             raise TrainingError(f"{self.out} already holds a run (last.pt): pass --resume to continue it, "
                                 "or choose another --out")
-        if cfg.recipe.freeze_backbone and not cfg.weights:
-            raise TrainingError("--freeze-backbone needs --weights FILE: a backbone trained from scratch would "
-                                "stay at its random initialisation")
+        if cfg.recipe.freeze_backbone and not (cfg.weights or cfg.weights_backbone):
+            raise TrainingError("--freeze-backbone needs --weights or --weights-backbone FILE: a backbone trained "
+                                "from scratch would stay at its random initialisation")
         self.task = make_task(cfg)
         # the default recipe decides what it left AUTO from the data; a resumed run is already resolved
         self.cfg = dataclasses.replace(cfg, recipe=self.task.resolve(cfg.recipe, self.dist.world_size))
@@ -110,7 +111,7 @@ class Trainer:
         self.task.prepare(r, self.device)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = self.task.build_model(self.cfg)
-        self.notes = load_pretrained(self.model, cfg.weights) if cfg.weights and not resume else []
+        self.notes = [] if resume else self._start_weights()
         if r.freeze_backbone:
             freeze_backbone(self.model)
         self.model_args = self.model.args
@@ -398,6 +399,19 @@ class Trainer:
         step = f", step {self.step_in_epoch}" if self.step_in_epoch else ""
         self._say(f"resumed from {path}: epoch {self.epoch}{step}")
 
+    def _start_weights(self) -> list[str]:
+        """Load the weights the run starts from, if any; return what had to be adapted."""
+        if self.cfg.weights:
+            return load_pretrained(self.model, self.cfg.weights)
+        if self.cfg.weights_backbone:
+            return load_backbone_weights(self.model, self.cfg.weights_backbone)
+        return []
+
+    def _start(self) -> str:
+        if self.cfg.weights:
+            return f"from {self.cfg.weights}"
+        return f"backbone from {self.cfg.weights_backbone}" if self.cfg.weights_backbone else "from scratch"
+
     # ------------------------------------------------------------------ output
 
     def _banner(self) -> str:
@@ -407,7 +421,7 @@ class Trainer:
         return (
             f"training {self.cfg.model} x{r.width_mult:g} ({n_params:,} params"
             f"{f', {n_train:,} trained' if n_train < n_params else ''}) "
-            f"{'from ' + self.cfg.weights if self.cfg.weights else 'from scratch'} on {self.task.describe()}\n"
+            f"{self._start()} on {self.task.describe()}\n"
             f"recipe {r.name}: {self.task.describe_recipe(r)}; {self.dist.world_size} process(es), "
             f"lr {self.optimizer.param_groups[0]['initial_lr']:.4g} at the global batch"
             f"{', ' + str(self.amp_dtype).removeprefix('torch.') + ' autocast' if self.amp_dtype else ''}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import OrderedDict
 
 import torch
@@ -19,6 +20,7 @@ from ..blocks import InvertedResidual
 from ..layers import ConvBNAct
 from ..model import MobileNet
 from ..specs import ModelSpec, reduced_tail
+from ..weights import convert_state_dict, read_checkpoint
 from .anchors import default_boxes
 from .specs import DetectorSpec, Tap
 
@@ -151,6 +153,7 @@ class SSD(tv_ssd.SSD):
             detections_per_img=spec.detections_per_img, topk_candidates=spec.topk_candidates,
         )
         self.spec, self.in_chans, self.input_size = spec, 3, size
+        self.backbone_spec, self.width_mult = backbone_spec, width_mult  # what a classifier must be to start it
         self._init_weights()
 
     def _init_weights(self, background_prior: float = BACKGROUND_PRIOR) -> None:
@@ -196,3 +199,30 @@ def build_detector(spec: DetectorSpec, backbone_spec: ModelSpec, *, width_mult: 
         backbone_spec = reduced_tail(backbone_spec)
     return SSD(spec, backbone_spec, width_mult=width_mult, num_classes=num_classes,
                input_size=input_size, box_scales=box_scales)
+
+
+def load_backbone_weights(detector: SSD, path: str | os.PathLike) -> list[str]:
+    """Start a detector's backbone from a classifier's weights file (this package's, torchvision's
+    or timm's), as torchvision's ``weights_backbone`` does: the stem and the blocks up to the last
+    tap are loaded, the classifier's head is left out, the extra layers and the prediction heads
+    keep their initialisation. Returns what was done and adapted (a grey stem, say); a file of
+    another architecture or width fails with the tensor named.
+    """
+    if not isinstance(detector, SSD):
+        raise ValueError(f"a backbone from a classifier's weights is for detectors, not {type(detector).__name__}")
+    state_dict = read_checkpoint(path)["model"]
+    if any(key.startswith(("backbone.", "head.")) for key in state_dict):
+        raise ValueError(f"{path} holds a detector's weights; a backbone starts from a classifier's "
+                         "(a detector's own weights are loaded with weights=)")
+    classifier = MobileNet(detector.backbone_spec, width_mult=detector.width_mult, num_classes=1)
+    try:
+        converted, notes = convert_state_dict(state_dict, classifier, finetune=True)
+    except ValueError as e:
+        reduced = getattr(getattr(detector, "args", None), "reduced_tail", False)
+        hint = "; classifiers have the full tail: leave out reduced_tail" if reduced else ""
+        raise ValueError(f"{path}: {e} (as the backbone of a detector on {detector.spec.backbone}{hint})") from None
+    own = detector.backbone.state_dict()
+    state = {k: v for k, v in converted.items() if k in own}  # blocks past the last tap left out
+    detector.backbone.load_state_dict(state, strict=False)
+    adapted = [n for n in notes if not n.startswith("classifier re-initialised")]
+    return [f"backbone from a classifier: {len(state)} tensors loaded, its head left out", *adapted]
