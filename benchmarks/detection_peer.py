@@ -62,6 +62,9 @@ def main() -> None:
     budget.add_argument("--minutes", type=float, help="our epochs from our measured speed to fit this time")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, help="default: the default recipe's for the data")
+    p.add_argument("--peer-epochs", type=int, help="the peer's epochs, given instead of planned from the speeds "
+                   "(the plan times training steps only, so it can leave the peer short of ours' wall time)")
+    p.add_argument("--only", choices=["ours", "torchvision"], help="train only this one (the plan is still printed)")
     args = p.parse_args()
     out = Path(args.out)
     common = dict(val_data=args.val_data, batch_size=args.batch_size, reduced_tail=True)
@@ -82,12 +85,15 @@ def main() -> None:
     if args.minutes:  # plus a tenth for validation and checkpoints
         train_images = len(probes["ours"].train_loader.dataset)
         args.epochs = max(1, int(args.minutes * 60 / (1.1 * train_images * seconds_per_image["ours"])))
-    peer_epochs = max(1, round(args.epochs * seconds_per_image["ours"] / seconds_per_image["torchvision"]))
+    peer_epochs = args.peer_epochs or max(1, round(args.epochs * seconds_per_image["ours"]
+                                                   / seconds_per_image["torchvision"]))
     print(f"training images/s: ours {speeds['ours']:.1f}, torchvision {speeds['torchvision']:.1f} "
           f"({speeds['ours'] / speeds['torchvision']:.2f}x); epochs: ours {args.epochs}, torchvision {peer_epochs}")
 
     results = {}
     for name, task, epochs in (("ours", DetectionTask, args.epochs), ("torchvision", TorchvisionPeer, peer_epochs)):
+        if args.only not in (None, name):
+            continue
         train_module.make_task = task
         torch.manual_seed(0)
         start = time.perf_counter()
