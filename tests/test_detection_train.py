@@ -91,6 +91,14 @@ def test_backbone_from_a_grey_classifier_trains_frozen(trained, capsys, tmp_path
     assert len(optimizer["state"]) == sum(len(g["params"]) for g in optimizer["param_groups"]) == len(head) > 50
 
 
+def test_backbone_weights_in_a_config_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="give --weights or --weights-backbone"):  # neither is silently dropped
+        make_config("ssdlite_mobilenet_v3_small", "train.json", str(tmp_path / "a"), weights="w.pt",
+                    weights_backbone="b.pt")
+    with pytest.raises(ValueError, match="mobilenet_v2 is a classifier: use --weights"):
+        make_config("mobilenet_v2", "fashion-mnist", str(tmp_path / "b"), weights_backbone="b.pt")
+
+
 def test_eval_reports_coco_map(trained, capsys):
     data, out = trained
     code, text, _ = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--json")

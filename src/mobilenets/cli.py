@@ -376,10 +376,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not is_detector(args.model):
             raise CliError(f"--box-scales is for detectors; {args.model} is a classifier")
         overrides["box_scales"] = tuple(args.box_scales)
-    if args.weights_backbone and (args.weights or not is_detector(args.model)):
-        raise CliError("--weights-backbone starts a detector's backbone from a classifier's weights; "
-                       + ("give --weights or --weights-backbone" if args.weights else
-                          f"{args.model} is a classifier: use --weights"))
     start = args.weights or args.weights_backbone
     if start:
         from .files import load_torch

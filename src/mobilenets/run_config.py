@@ -78,6 +78,13 @@ def make_config(
         changes = {k: v for k, v in run_overrides.items() if k in RESUMABLE_OVERRIDES}
         recipe = saved.recipe.replace(epochs=overrides.get("epochs"))
         return dataclasses.replace(saved, out=out, recipe=recipe, **changes)
+    if run_overrides.get("weights_backbone"):
+        from .registry import is_detector  # the registry builds models; the config only asks it this
+
+        if "weights" in run_overrides or not is_detector(model):
+            raise TrainingError("--weights-backbone starts a detector's backbone from a classifier's weights; "
+                                + ("give --weights or --weights-backbone" if "weights" in run_overrides else
+                                   f"{model} is a classifier: use --weights"))
     base = get_recipe(recipe)
     optimizer = recipe_overrides.pop("optimizer", None)
     if optimizer is not None and optimizer != base.optimizer:

@@ -219,7 +219,8 @@ def load_backbone_weights(detector: SSD, path: str | os.PathLike) -> list[str]:
         converted, notes = convert_state_dict(state_dict, classifier, finetune=True)
     except ValueError as e:
         reduced = getattr(getattr(detector, "args", None), "reduced_tail", False)
-        hint = "; classifiers have the full tail: leave out reduced_tail" if reduced else ""
+        hint = ("; classifiers have the full tail: for one of this architecture, leave out reduced_tail"
+                if reduced else "")
         raise ValueError(f"{path}: {e} (as the backbone of a detector on {detector.spec.backbone}{hint})") from None
     own = detector.backbone.state_dict()
     state = {k: v for k, v in converted.items() if k in own}  # blocks past the last tap left out
