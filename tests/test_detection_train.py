@@ -205,6 +205,9 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
                            "--weights-backbone", out / "best.pt", "--out", tmp_path / "c")
     assert_one_line_error(code, err, "mobilenet_v1 is a classifier: use --weights")
     code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--val-data", data["val"],
+                           "--cutmix", "1", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "--cutmix is for classifiers; ssdlite_mobilenet_v3_small is a detector")
+    code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--val-data", data["val"],
                            "--weights-backbone", out / "best.pt", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "holds a detector's weights; a backbone starts from a classifier's")
     (tmp_path / "bad.json").write_text("{}")

@@ -5,6 +5,7 @@ import torch
 from datasets import image_folder
 
 from mobilenets.adapt import DataFacts, batch_size_for, ema_decay_for, input_size_for, resolve
+from mobilenets.data import batch_mix
 from mobilenets.recipes import OPTIMIZERS, get_recipe
 from mobilenets.run_config import make_config
 from mobilenets.train import Trainer
@@ -68,7 +69,8 @@ def test_another_optimizer_brings_its_own_defaults():
 
 
 @pytest.mark.parametrize("field, value", [("hflip", 1.5), ("min_crop", 0.0), ("weight_decay", -1.0),
-                                          ("warmup_epochs", -1.0), ("epochs", 0), ("backbone_lr_scale", 0.0)])
+                                          ("warmup_epochs", -1.0), ("epochs", 0), ("backbone_lr_scale", 0.0),
+                                          ("mixup", -0.2), ("cutmix", -1.0), ("erase", 1.5), ("dropout", 2.0)])
 def test_bad_values_are_named(field, value):
     with pytest.raises(ValueError, match=field.replace("_", "-") + " must be in"):
         get_recipe("default").replace(**{field: value})
@@ -78,12 +80,31 @@ def test_bad_values_are_named(field, value):
 
 def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
     root = image_folder(tmp_path / "d", classes=3, per_class=10, size=20, channels=1)
-    cfg = make_config("mobilenet_v1", str(root), str(tmp_path / "run"), width_mult=0.25, epochs=1, hflip=0.0)
+    cfg = make_config("mobilenet_v1", str(root), str(tmp_path / "run"), width_mult=0.25, epochs=1, hflip=0.0,
+                      mixup=0.2, cutmix=1.0)
     trainer = Trainer(cfg)
     summary = trainer.run()
     err = capfd.readouterr().err
     assert "recipe default: 1 epochs, batch 16, input 64, adamw lr 0.128 per 256" in err and "hflip 0," in err
+    assert "mixup 0.2, cutmix 1" in err
     stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]
     assert stored["input_size"] == 64 and stored["batch_size"] == 16 and stored["hflip"] == 0.0
+    assert (stored["mixup"], stored["cutmix"]) == (0.2, 1.0)
     assert stored["eval_crop"] == 1.0 and stored["ema_decay"] == 0.9
     assert summary["epochs"] == 1
+
+
+def test_batch_mix_blends_images_and_labels_alike():
+    images, labels = torch.rand(8, 1, 32, 32), torch.arange(8) % 4  # each image's neighbour has another class
+    assert batch_mix(0.0, 0.0, 4) is None
+    for mixup, cutmix in ((0.2, 0.0), (0.0, 1.0), (0.2, 1.0)):
+        torch.manual_seed(0)
+        mixed, targets = batch_mix(mixup, cutmix, 4)(images, labels)
+        assert mixed.shape == images.shape and targets.shape == (8, 4)
+        assert torch.allclose(targets.sum(1), torch.ones(8))
+        own = targets[0, labels[0]].item()  # the image's own share; the rest is its neighbour's class
+        assert 0 < own < 1 and torch.allclose(targets[0, labels.roll(1)[0]], torch.tensor(1 - own))
+        if not cutmix:  # MixUp: the image and its neighbour weighted by their shares
+            assert torch.allclose(mixed, own * images + (1 - own) * images.roll(1, 0), atol=1e-6)
+        elif not mixup:  # CutMix: a rectangle pasted from the neighbour, its area the neighbour's share
+            assert (mixed == images).float().mean().item() == pytest.approx(own)

@@ -116,6 +116,9 @@ def describe(recipe: Recipe, in_memory: bool = False) -> str:
         f"hflip {r.hflip:g}", f"translation by {r.pad} px" if in_memory else f"min crop {r.min_crop:g}",
         f"erase {r.erase:g}",
     ]
+    parts += [f"{name} {alpha:g}" for name, alpha in (("mixup", r.mixup), ("cutmix", r.cutmix)) if alpha]
+    if r.dropout is not None:
+        parts.append(f"dropout {r.dropout:g}")
     if not in_memory:
         parts.append(f"eval crop {r.eval_crop:g}")
     if r.freeze_backbone:

@@ -247,6 +247,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="horizontal flip probability (0: never, for data where a mirror image is another class)")
     g.add_argument("--min-crop", type=float, default=None, metavar="F",
                    help="smallest random crop, as a fraction of the image's area (image folders)")
+    g.add_argument("--erase", type=float, default=None, metavar="P",
+                   help="classifiers: random erasing probability (a rectangle of 2 to 33 %% of the image)")
+    g.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
+                   help="classifiers: MixUp of each batch, Beta(ALPHA, ALPHA) (0: off; 0.2 to 1 are usual)")
+    g.add_argument("--cutmix", type=float, default=None, metavar="ALPHA",
+                   help="classifiers: CutMix of each batch (0: off; 1 is usual); with --mixup too, one of the "
+                   "two per batch")
+    g.add_argument("--dropout", type=float, default=None, metavar="P", help="classifiers: dropout before the "
+                   "classifier (default: the model's)")
     g.add_argument("--box-augment", choices=BOX_AUGMENTS, default=None,
                    help="detectors: SSD's augmentation (zoom out, IoU crop, photometric, flip) or only photometric "
                    "and flip (default: mild for runs under 30 epochs)")
@@ -369,8 +378,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "weights_backbone",
                   "val_data", "reduced_tail", "width_mult",
                   "input_size", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
-                  "label_smoothing", "hflip", "min_crop", "box_augment", "ema_decay", "amp", "channels_last", "compile",
-                  "freeze_backbone", "backbone_lr_scale")
+                  "label_smoothing", "hflip", "min_crop", "erase", "mixup", "cutmix", "dropout", "box_augment",
+                  "ema_decay", "amp", "channels_last", "compile", "freeze_backbone", "backbone_lr_scale")
     }
     if args.box_scales is not None:
         if not is_detector(args.model):

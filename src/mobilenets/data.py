@@ -347,3 +347,13 @@ class BatchAugment(torch.nn.Module):
         )
         on = torch.rand(n, device=dev) < self.erase
         return (box & on.view(n, 1, 1)).unsqueeze(1)
+
+
+def batch_mix(mixup: float, cutmix: float, num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix of a batch (images, integer labels) -> (mixed images, soft labels), or
+    ``None`` when both are off; with both, one of the two is drawn for each batch."""
+    mixes = [cls(alpha=alpha, num_classes=num_classes) for cls, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix))
+             if alpha > 0]
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

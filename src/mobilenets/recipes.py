@@ -71,6 +71,11 @@ class Recipe:
     pad: int | None = 0  # AUTO: a twelfth of a small image's side
     hflip: float = 0.5
     erase: float = 0.0
+    # classifiers: MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) of a batch's images and
+    # labels, each its Beta(alpha, alpha) parameter (0: off); with both, each batch takes one of the
+    # two at random, as torchvision's classification reference does
+    mixup: float = 0.0
+    cutmix: float = 0.0
     # detection: SSD's augmentation ("ssd": photometric, zoom out, IoU crop, flip) or only its
     # photometric distortion and flip ("mild"); AUTO (the default recipe): mild for short runs
     box_augment: str | None = "ssd"
@@ -97,7 +102,9 @@ class Recipe:
             "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True), "input_size": (1, math.inf, True),
             "lr": (0, math.inf, False), "weight_decay": (0, math.inf, True), "warmup_epochs": (0, math.inf, True),
             "label_smoothing": (0, 1, True), "hflip": (0, 1, True), "min_crop": (0, 1, False),
-            "erase": (0, 1, True), "eval_crop": (0, 1, False), "ema_decay": (0, 1, True), "pad": (0, math.inf, True),
+            "erase": (0, 1, True), "mixup": (0, math.inf, True), "cutmix": (0, math.inf, True),
+            "dropout": (0, 1, True), "eval_crop": (0, 1, False), "ema_decay": (0, 1, True),
+            "pad": (0, math.inf, True),
             "backbone_lr_scale": (0, math.inf, False),
         }
         for name, (low, high, closed) in ranges.items():

@@ -47,6 +47,9 @@ class TrainConfig:
         return cls(**{**d, "recipe": Recipe(**recipe)})
 
 
+# Recipe fields a detector has no use for: asking for them on one is a mistake worth a message.
+CLASSIFIER_ONLY = ("erase", "mixup", "cutmix", "dropout")
+
 # These may change when a run is resumed; everything else must match the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "out")
 
@@ -78,13 +81,16 @@ def make_config(
         changes = {k: v for k, v in run_overrides.items() if k in RESUMABLE_OVERRIDES}
         recipe = saved.recipe.replace(epochs=overrides.get("epochs"))
         return dataclasses.replace(saved, out=out, recipe=recipe, **changes)
-    if run_overrides.get("weights_backbone"):
-        from .registry import is_detector  # the registry builds models; the config only asks it this
+    from .registry import is_detector  # the registry builds models; the config only asks it this
 
-        if "weights" in run_overrides or not is_detector(model):
-            raise TrainingError("--weights-backbone starts a detector's backbone from a classifier's weights; "
-                                + ("give --weights or --weights-backbone" if "weights" in run_overrides else
-                                   f"{model} is a classifier: use --weights"))
+    detector = is_detector(model)
+    if run_overrides.get("weights_backbone") and ("weights" in run_overrides or not detector):
+        raise TrainingError("--weights-backbone starts a detector's backbone from a classifier's weights; "
+                            + ("give --weights or --weights-backbone" if "weights" in run_overrides else
+                               f"{model} is a classifier: use --weights"))
+    misplaced = [k for k in CLASSIFIER_ONLY if recipe_overrides.get(k)] if detector else []
+    if misplaced:
+        raise TrainingError(f"--{misplaced[0]} is for classifiers; {model} is a detector")
     base = get_recipe(recipe)
     optimizer = recipe_overrides.pop("optimizer", None)
     if optimizer is not None and optimizer != base.optimizer:

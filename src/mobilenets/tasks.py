@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .adapt import describe, resolve
-from .data import BatchAugment, DataBundle, collate_skipping_none, folder_train_transform, load_data
+from .data import BatchAugment, DataBundle, batch_mix, collate_skipping_none, folder_train_transform, load_data
 from .distributed import Dist
 from .evaluate import evaluate
 from .recipes import Recipe
@@ -79,6 +79,7 @@ class ClassificationTask:
                                  self.preprocess.image_transform())
         self.to_input = self.preprocess.batch_transform(r.channels_last).to(device)
         self.augment = BatchAugment(r.pad, r.hflip, r.erase) if self.data.in_memory else None
+        self.mix = batch_mix(r.mixup, r.cutmix, len(self.class_names))
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
         r = cfg.recipe
@@ -95,12 +96,18 @@ class ClassificationTask:
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         if self.augment is not None:
             images = self.augment(images)
+        images, targets = self.to_input(images), labels
+        if self.mix is not None:  # soft targets: each image's share of each class
+            images, targets = self.mix(images, labels)
         with autocast():
-            logits = net(self.to_input(images))
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
+            logits = net(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.recipe.label_smoothing)
         # report plain cross-entropy, comparable with the validation loss, whatever the smoothing
-        value = F.cross_entropy(logits.detach().float(), labels).item() if self.recipe.label_smoothing else loss.item()
-        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
+        smoothed = self.recipe.label_smoothing
+        value = F.cross_entropy(logits.detach().float(), targets).item() if smoothed else loss.item()
+        # a mixed image counts as its larger share's class
+        truth = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        correct = (logits.detach().argmax(dim=1) == truth).sum().item()
         return StepResult(loss, value, len(labels), {"acc": correct})
 
     def evaluate(self, model: nn.Module, dist: Dist, split: str = "val", workers: int = 0) -> dict[str, float]:
