@@ -11,11 +11,12 @@ from cli_helpers import assert_one_line_error, run_cli
 from model_helpers import randomize_batchnorm
 
 import mobilenets
+from mobilenets.adapt import LONG_DETECTION_RUN
 from mobilenets.detection.export import compare
 from mobilenets.detection.graph import DetectorGraph
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
-from mobilenets.detection.task import DETECTION_LR, DetectionTask
+from mobilenets.detection.task import DETECTION_LR, DETECTION_LR_FLOOR, DetectionTask
 from mobilenets.export import FORMATS, read_meta
 from mobilenets.finetune import is_backbone
 from mobilenets.run_config import make_config
@@ -64,10 +65,14 @@ def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
                       reduced_tail=True, weights=str(out / "best.pt"))
     resolved = DetectionTask(cfg).resolve(cfg.recipe, 1)
     assert resolved.box_scales == (0.2, 0.95)
+    assert resolved.lr_floor == 0.0  # fine-tuning decays to zero
     assert resolved.batch_size == 8  # 24 images: the detectors' smallest default batch
     given = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),
                         val_data=str(data["val"]), reduced_tail=True, box_scales=(0.1, 0.6))
     assert DetectionTask(given).resolve(given.recipe, 1).box_scales == (0.1, 0.6)
+    # from scratch, a short run's cosine ends at DETECTION_LR_FLOOR of the peak, a long one at zero
+    assert DetectionTask(given).resolve(given.recipe.replace(epochs=13), 1).lr_floor == DETECTION_LR_FLOOR
+    assert DetectionTask(given).resolve(given.recipe.replace(epochs=LONG_DETECTION_RUN), 1).lr_floor == 0.0
 
 
 def test_backbone_from_a_grey_classifier_trains_frozen(trained, capsys, tmp_path):

@@ -49,6 +49,8 @@ def test_warmup_and_cosine():
     assert lr_factor(r, 1) == pytest.approx(1)
     assert lr_factor(r, 5.5) == pytest.approx(0.5)
     assert lr_factor(r, 10) == pytest.approx(0, abs=1e-9)
+    floored = r.replace(lr_floor=0.6)  # the same cosine, squeezed into [0.6, 1]
+    assert [lr_factor(floored, e) for e in (1, 5.5, 10)] == pytest.approx([1, 0.8, 0.6])
 
 
 def test_scheduler_steps_per_iteration_and_round_trips():

@@ -89,7 +89,7 @@ def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
     assert "mixup 0.2, cutmix 1" in err
     stored = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]
     assert stored["input_size"] == 64 and stored["batch_size"] == 16 and stored["hflip"] == 0.0
-    assert (stored["mixup"], stored["cutmix"]) == (0.2, 1.0)
+    assert (stored["mixup"], stored["cutmix"], stored["lr_floor"]) == (0.2, 1.0, 0.0)
     assert stored["eval_crop"] == 1.0 and stored["ema_decay"] == 0.9
     assert summary["epochs"] == 1
 

@@ -92,6 +92,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
         "weight_decay": lambda: get_optimizer_defaults(recipe.optimizer).weight_decay,
         "lr": lambda: lr_for(recipe.optimizer, batch * world_size, recipe.lr_batch),
         "warmup_epochs": lambda: min(5.0, max(1.0, round(recipe.epochs / 10))),
+        "lr_floor": lambda: 0.0,  # classifiers: the cosine ends at zero (detectors decide theirs first)
         "ema_decay": lambda: ema_decay_for(total_steps),
         # a digit or an icon fills its small frame: a 25 % crop can cut it away, a centre crop too;
         # crops of 90 % shift and zoom it slightly (section 11: +0.6 on digits, +3 to +14 on shapes
@@ -105,13 +106,19 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
     return recipe.replace(**{name: rule() for name, rule in rules.items() if getattr(recipe, name) is None})
 
 
+def schedule_text(r: Recipe) -> str:
+    """The learning-rate schedule in words, e.g. "cosine schedule to 0.6 of the peak after 1 warm-up epoch(s)"."""
+    floor = f" to {r.lr_floor:g} of the peak" if r.schedule == "cosine" and r.lr_floor else ""
+    return f"{r.schedule} schedule{floor}" + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else "")
+
+
 def describe(recipe: Recipe, in_memory: bool = False) -> str:
     """One line of the values a run trains with (printed at its start)."""
     r = recipe
     parts = [
         f"{r.epochs} epochs", f"batch {r.batch_size}", f"input {r.input_size}",
         f"{r.optimizer} lr {r.lr:g} per {r.lr_batch}", f"weight decay {r.weight_decay:g}",
-        f"{r.schedule} schedule" + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else ""),
+        schedule_text(r),
         f"label smoothing {r.label_smoothing:g}", f"EMA {r.ema_decay:g}" if r.ema_decay else "no EMA",
         f"hflip {r.hflip:g}", f"translation by {r.pad} px" if in_memory else f"min crop {r.min_crop:g}",
         f"erase {r.erase:g}",

@@ -96,7 +96,8 @@ def lr_factor(recipe: Recipe, epoch: float) -> float:
         return recipe.decay_rate ** math.floor(epoch / recipe.decay_epochs)
     if recipe.schedule == "cosine":
         t = (epoch - recipe.warmup_epochs) / max(recipe.epochs - recipe.warmup_epochs, 1e-9)
-        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        floor = recipe.lr_floor or 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
 

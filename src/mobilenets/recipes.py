@@ -57,6 +57,7 @@ class Recipe:
     weight_decay: float | None = 0.0  # AUTO: the optimizer's
     decay_depthwise: bool = False  # V1 Sec. 3.2: little or no weight decay on depthwise filters
     schedule: str = "step"  # "step" (x decay_rate every decay_epochs) | "cosine"
+    lr_floor: float | None = 0.0  # cosine: the fraction of the peak it ends at; AUTO: detection/task.py
     decay_rate: float = 0.94
     decay_epochs: float = 2.0
     warmup_epochs: float | None = 0.0  # AUTO: a tenth of the run, 1 to 5 epochs
@@ -104,7 +105,7 @@ class Recipe:
             "label_smoothing": (0, 1, True), "hflip": (0, 1, True), "min_crop": (0, 1, False),
             "erase": (0, 1, True), "mixup": (0, math.inf, True), "cutmix": (0, math.inf, True),
             "dropout": (0, 1, True), "eval_crop": (0, 1, False), "ema_decay": (0, 1, True),
-            "pad": (0, math.inf, True),
+            "pad": (0, math.inf, True), "lr_floor": (0, 1, True),
             "backbone_lr_scale": (0, math.inf, False),
         }
         for name, (low, high, closed) in ranges.items():
@@ -155,6 +156,7 @@ RECIPES: dict[str, Recipe] = {
         lr=AUTO,
         weight_decay=AUTO,
         schedule="cosine",
+        lr_floor=AUTO,
         warmup_epochs=AUTO,
         label_smoothing=0.1,
         min_crop=AUTO,

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..adapt import DataFacts, batch_size_for, resolve
+from ..adapt import LONG_DETECTION_RUN, DataFacts, batch_size_for, resolve, schedule_text
 from ..distributed import Dist
 from ..recipes import Recipe
 from ..registry import create_model, get_spec
@@ -26,6 +26,10 @@ DETECTION_LR = 0.4
 # 8 is the floor, as batch 4 steps 10 % fewer images a second (docs/results.md section 10)
 DETECTION_STEPS = 240  # per epoch, about; batch 8 for 2,000 images
 DETECTION_BATCHES = (8, 32)  # the default's smallest and largest
+# a short run from scratch ends its cosine at this fraction of the peak learning rate, with the EMA of
+# the weights (evaluated and saved) averaging the last of its high-rate steps: 13 epochs on the generated
+# set gained TODO points of mAP over decaying to zero (docs/results.md section 10)
+DETECTION_LR_FLOOR = 0.6
 FIT_BOXES = 2000  # training boxes the default boxes are fitted to (a sample keeps the search to seconds)
 
 
@@ -56,6 +60,8 @@ class DetectionTask:
             input_size=recipe.input_size or spec.input_size,
             batch_size=recipe.batch_size or batch_size_for(n, world_size, DETECTION_STEPS, *DETECTION_BATCHES),
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
+            lr_floor=recipe.lr_floor if recipe.lr_floor is not None else
+            DETECTION_LR_FLOOR if recipe.epochs < LONG_DETECTION_RUN and not self.cfg.weights else 0.0,
         )
         recipe = recipe.replace(box_scales=recipe.box_scales or self._box_scales(spec, recipe.input_size))
         return resolve(recipe, DataFacts(n, recipe.input_size, 3), world_size, optimizer="sgd")
@@ -110,8 +116,7 @@ class DetectionTask:
     def describe_recipe(self, recipe: Recipe) -> str:
         r = recipe
         return (f"{r.epochs} epochs, batch {r.batch_size}, input {r.input_size}, {r.optimizer} lr {r.lr:g} per "
-                f"{r.lr_batch}, weight decay {r.weight_decay:g}, {r.schedule} schedule"
-                + (f" after {r.warmup_epochs:g} warm-up epoch(s)" if r.warmup_epochs else "")
+                f"{r.lr_batch}, weight decay {r.weight_decay:g}, {schedule_text(r)}"
                 + (f", EMA {r.ema_decay:g}" if r.ema_decay else ", no EMA")
                 + (", SSD augmentation (photometric, zoom out, IoU crop" if r.box_augment == "ssd"
                    else ", mild augmentation (photometric") + f", hflip {r.hflip:g})"
