@@ -28,7 +28,7 @@ DETECTION_STEPS = 240  # per epoch, about; batch 8 for 2,000 images
 DETECTION_BATCHES = (8, 32)  # the default's smallest and largest
 # a short run from scratch ends its cosine at this fraction of the peak learning rate, with the EMA of
 # the weights (evaluated and saved) averaging the last of its high-rate steps: 13 epochs on the generated
-# set gained TODO points of mAP over decaying to zero (docs/results.md section 10)
+# set reached 46.7 % mAP against 44.9 % when decaying to zero (docs/results.md section 10)
 DETECTION_LR_FLOOR = 0.6
 FIT_BOXES = 2000  # training boxes the default boxes are fitted to (a sample keeps the search to seconds)
 
