@@ -366,7 +366,6 @@ def _predict_boxes(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .registry import is_detector
     from .run_config import make_config
     from .train import train
 
@@ -385,8 +384,6 @@ def cmd_train(args: argparse.Namespace) -> None:
                   "ema_decay", "amp", "channels_last", "compile", "freeze_backbone", "backbone_lr_scale")
     }
     if args.box_scales is not None:
-        if not is_detector(args.model):
-            raise CliError(f"--box-scales is for detectors; {args.model} is a classifier")
         overrides["box_scales"] = tuple(args.box_scales)
     start = args.weights or args.weights_backbone
     if start:

@@ -47,8 +47,9 @@ class TrainConfig:
         return cls(**{**d, "recipe": Recipe(**recipe)})
 
 
-# Recipe fields a detector has no use for: asking for them on one is a mistake worth a message.
+# Recipe fields only one kind of model uses: asking for them on the other is a mistake worth a message.
 CLASSIFIER_ONLY = ("erase", "mixup", "cutmix", "dropout")
+DETECTOR_ONLY = ("box_scales",)
 
 # These may change when a run is resumed; everything else must match the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "out")
@@ -88,9 +89,10 @@ def make_config(
         raise TrainingError("--weights-backbone starts a detector's backbone from a classifier's weights; "
                             + ("give --weights or --weights-backbone" if "weights" in run_overrides else
                                f"{model} is a classifier: use --weights"))
-    misplaced = [k for k in CLASSIFIER_ONLY if recipe_overrides.get(k)] if detector else []
+    kinds = ("classifiers", "detector") if detector else ("detectors", "classifier")
+    misplaced = [k for k in (CLASSIFIER_ONLY if detector else DETECTOR_ONLY) if recipe_overrides.get(k)]
     if misplaced:
-        raise TrainingError(f"--{misplaced[0]} is for classifiers; {model} is a detector")
+        raise TrainingError(f"--{misplaced[0].replace('_', '-')} is for {kinds[0]}; {model} is a {kinds[1]}")
     base = get_recipe(recipe)
     optimizer = recipe_overrides.pop("optimizer", None)
     if optimizer is not None and optimizer != base.optimizer:

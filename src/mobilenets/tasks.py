@@ -102,7 +102,7 @@ class ClassificationTask:
         with autocast():
             logits = net(images)
             loss = F.cross_entropy(logits, targets, label_smoothing=self.recipe.label_smoothing)
-        # report plain cross-entropy, comparable with the validation loss, whatever the smoothing
+        # report plain cross-entropy (against the mixed labels when mixing), whatever the smoothing
         smoothed = self.recipe.label_smoothing
         value = F.cross_entropy(logits.detach().float(), targets).item() if smoothed else loss.item()
         # a mixed image counts as its larger share's class
