@@ -10,6 +10,13 @@ wall time. Prints the validation mAP of each, as ``mobilenets eval`` computes it
 
     .venv/bin/python benchmarks/detection_peer.py --data runs/det-data/train.json \\
         --val-data runs/det-data/val.json --minutes 30 --out runs/det-peer
+
+One model alone with its epochs given plans nothing and probes nothing, so it can be trained as
+``mobilenets train`` is under ``torchrun`` (two processes of one thread on 2 cores):
+
+    torchrun --standalone --nproc_per_node=2 benchmarks/detection_peer.py --only torchvision \\
+        --epochs 13 --peer-epochs 13 --data runs/det-data/train.json --val-data runs/det-data/val.json \\
+        --out runs/det-peer-ddp
 """
 
 from __future__ import annotations
@@ -53,26 +60,9 @@ def images_per_second(trainer: Trainer, batches: list, rounds: int = 3) -> float
     return sum(len(b[0]) for b in batches) / statistics.median(times)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--val-data", required=True)
-    budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--epochs", type=int, help="our epochs; the peer's follow from its speed")
-    budget.add_argument("--minutes", type=float, help="our epochs from our measured speed to fit this time")
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, help="default: the default recipe's for the data")
-    p.add_argument("--peer-epochs", type=int, help="the peer's epochs, given instead of planned from the speeds "
-                   "(the plan times training steps only, so it can leave the peer short of ours' wall time)")
-    p.add_argument("--only", choices=["ours", "torchvision"], help="train only this one (the plan is still printed)")
-    args = p.parse_args()
-    out = Path(args.out)
-    common = dict(val_data=args.val_data, batch_size=args.batch_size, reduced_tail=True)
-
-    def config(name: str, epochs: int):
-        return make_config("ssdlite_mobilenet_v3_large", args.data, str(out / name), epochs=epochs, **common)
-
-    # speeds, side by side on the same batches (throw-away trainers, nothing written)
+def plan_epochs(args: argparse.Namespace, config) -> int:
+    """Sets our epochs (from ``--minutes``) and returns the peer's, from speeds measured side by side."""
+    # speeds side by side on the same batches (throw-away trainers, nothing written)
     probes = {}
     for name, task in (("ours", DetectionTask), ("torchvision", TorchvisionPeer)):
         train_module.make_task = task
@@ -89,6 +79,32 @@ def main() -> None:
                                                    / seconds_per_image["torchvision"]))
     print(f"training images/s: ours {speeds['ours']:.1f}, torchvision {speeds['torchvision']:.1f} "
           f"({speeds['ours'] / speeds['torchvision']:.2f}x); epochs: ours {args.epochs}, torchvision {peer_epochs}")
+    return peer_epochs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--val-data", required=True)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=int, help="our epochs; the peer's follow from its speed")
+    budget.add_argument("--minutes", type=float, help="our epochs from our measured speed to fit this time")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, help="default: the default recipe's for the data")
+    p.add_argument("--peer-epochs", type=int, help="the peer's epochs, given instead of planned from the speeds "
+                   "(the plan times training steps only, so it can leave the peer short of ours' wall time)")
+    p.add_argument("--only", choices=["ours", "torchvision"],
+                   help="train only this one (planned as for both, unless its epochs are given)")
+    args = p.parse_args()
+    out = Path(args.out)
+    common = dict(val_data=args.val_data, batch_size=args.batch_size, reduced_tail=True)
+
+    def config(name: str, epochs: int):
+        return make_config("ssdlite_mobilenet_v3_large", args.data, str(out / name), epochs=epochs, **common)
+
+    single = args.only and args.epochs and (args.peer_epochs or args.only == "ours")
+    # with nothing to plan, no probes: the one run can then go under torchrun
+    peer_epochs = args.peer_epochs if single else plan_epochs(args, config)
 
     results = {}
     for name, task, epochs in (("ours", DetectionTask, args.epochs), ("torchvision", TorchvisionPeer, peer_epochs)):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from mobilenets.bench import default_threads, time_exported
 from mobilenets.evaluate import evaluate_data
-from mobilenets.export import export_model, load_exported, load_source
+from mobilenets.export import export_model, load_source
+from mobilenets.exported import load_exported
 from mobilenets.quantize import calibration_batches
 
 VARIANTS = (  # (name, format, int8)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from mobilenets import MODELS, create_model
-from mobilenets.export import FORMATS, export_model
+from mobilenets.export import export_model
+from mobilenets.exported import FORMATS
 from mobilenets.preprocess import Preprocess
 
 

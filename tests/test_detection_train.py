@@ -17,7 +17,7 @@ from mobilenets.detection.graph import DetectorGraph
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
 from mobilenets.detection.task import DETECTION_LR, DETECTION_LR_FLOOR, DetectionTask
-from mobilenets.export import FORMATS, read_meta
+from mobilenets.exported import FORMATS, read_meta
 from mobilenets.finetune import is_backbone
 from mobilenets.run_config import make_config
 

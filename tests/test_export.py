@@ -7,6 +7,7 @@ from exports import SIZE, eval_json, export, leftovers, small_model
 
 import mobilenets
 from mobilenets import export as ex
+from mobilenets.exported import FORMATS, exported_format, load_exported, read_meta
 from mobilenets.preprocess import Preprocess
 from mobilenets.quantize import calibration_batches
 
@@ -28,12 +29,12 @@ def test_fold_batchnorm_matches_eval_model(name):
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_export_matches_pytorch_at_any_batch(tmp_path, name, fmt):
     model = small_model(name)
-    path = tmp_path / f"m{ex.FORMATS[fmt].suffixes[0]}"
+    path = tmp_path / f"m{FORMATS[fmt].suffixes[0]}"
     result = export(model, path, fmt)
     assert result.max_diff < ex.FP32_TOLERANCE and result.int8 is None
     assert all(p.is_file() for p in result.files)
     assert leftovers(tmp_path) == sorted(p.name for p in result.files)  # no temporary files left
-    forward, pre, names = ex.load_exported(path)
+    forward, pre, names = load_exported(path)
     assert pre == Preprocess.imagenet(SIZE) and names == [f"c{i}" for i in range(10)]
     x = torch.randn(5, 3, SIZE, SIZE)  # a batch size the export never saw
     with torch.no_grad():
@@ -50,11 +51,11 @@ def test_export_matches_pytorch_at_any_batch(tmp_path, name, fmt):
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_torch_formats(tmp_path, name, fmt):
     model = small_model(name)
-    path = tmp_path / f"m{ex.FORMATS[fmt].suffixes[0]}"
+    path = tmp_path / f"m{FORMATS[fmt].suffixes[0]}"
     result = export(model, path, fmt)
     assert result.max_diff < ex.FP32_TOLERANCE
-    assert ex.exported_format(path) == fmt
-    forward, _, names = ex.load_exported(path)
+    assert exported_format(path) == fmt
+    forward, _, names = load_exported(path)
     x = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():
         assert (forward(x) - model(x)).abs().max() < ex.FP32_TOLERANCE
@@ -67,9 +68,9 @@ def test_grey_model_metadata_round_trip(tmp_path):
     model = small_model("mobilenet_v1", in_chans=1, num_classes=3)
     pre = Preprocess(28, 28, (0.286,), (0.353,), SIZE)
     ex.export_model(model, tmp_path / "g.xml", "openvino", preprocess=pre, class_names=["x", "y", "z"])
-    meta = ex.read_meta(tmp_path / "g.xml")
+    meta = read_meta(tmp_path / "g.xml")
     assert meta.model_args["in_chans"] == 1 and meta.input_size == SIZE
-    assert ex.load_exported(tmp_path / "g.xml").preprocess == pre
+    assert load_exported(tmp_path / "g.xml").preprocess == pre
 
 
 # --------------------------------------------------------------------------- int8 and eval
@@ -98,7 +99,7 @@ def test_int8_export_and_eval(tmp_path, capsys, folder, checkpoint, fmt, suffix)
                              "--int8", "--calib-data", folder, "--calib-size", "24")
     assert code == 0, err
     assert "int8" in out and "calibration images" in out
-    meta = ex.read_meta(path)
+    meta = read_meta(path)
     assert meta.int8 and meta.class_names == ("bright", "dark")
     if fmt == "onnx":
         assert {"QuantizeLinear", "DequantizeLinear"} <= ex.onnx_ops(path)[1]
@@ -110,7 +111,7 @@ def test_export_with_model_name(tmp_path, capsys):
                            "--num-classes", "5", "--in-chans", "1", "--input-size", "48",
                            "--format", "exported-program", "--out", tmp_path / "v3.pt2")
     assert code == 0, err
-    forward, pre, names = ex.load_exported(tmp_path / "v3.pt2")
+    forward, pre, names = load_exported(tmp_path / "v3.pt2")
     assert forward(torch.zeros(2, 1, 48, 48)).shape == (2, 5) and pre.channels == 1 and len(names) == 5
 
 
@@ -177,9 +178,9 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_not_an_exported_model(tmp_path, capsys, checkpoint):
-    assert ex.exported_format(checkpoint) is None
+    assert exported_format(checkpoint) is None
     with pytest.raises(ValueError, match="not an exported model"):
-        ex.load_exported(checkpoint)
+        load_exported(checkpoint)
     (tmp_path / "junk.onnx").write_bytes(os.urandom(64))
     with pytest.raises(ValueError, match="not a readable ONNX model"):
-        ex.load_exported(tmp_path / "junk.onnx")
+        load_exported(tmp_path / "junk.onnx")

@@ -12,6 +12,7 @@ from exports import SIZE, eval_json, export, leftovers, small_model
 
 from mobilenets import export as ex
 from mobilenets.bench.worker import run_job
+from mobilenets.exported import FORMATS, exported_format, load_exported, read_meta
 from mobilenets.files import replace_folder
 from mobilenets.mobile import MOBILE_FORMATS, executorch_pte, litert_tflite
 from mobilenets.preprocess import Preprocess
@@ -22,11 +23,11 @@ RUNTIMES = ["executorch", "tflite"]
 @pytest.mark.parametrize("fmt", RUNTIMES)
 def test_fp32_export_matches_pytorch(tmp_path, fmt):
     model = small_model("mobilenet_v3_small")  # hard-swish and squeeze-excite: the widest operator set
-    result = export(model, tmp_path / f"v3s{ex.FORMATS[fmt].suffixes[0]}", fmt)
+    result = export(model, tmp_path / f"v3s{FORMATS[fmt].suffixes[0]}", fmt)
     assert result.max_diff < ex.FP32_TOLERANCE and result.int8 is None
     assert leftovers(tmp_path) == [result.path.name]  # no temporary files left
-    assert ex.exported_format(result.path) == fmt
-    forward, pre, names = ex.load_exported(result.path, threads=1)
+    assert exported_format(result.path) == fmt
+    forward, pre, names = load_exported(result.path, threads=1)
     assert pre == Preprocess.imagenet(SIZE) and names == [f"c{i}" for i in range(10)]
     x = torch.randn(5, 3, SIZE, SIZE)  # the file takes one image; a batch runs image by image
     with torch.no_grad():
@@ -61,17 +62,17 @@ def test_bench_backend_exports_and_times(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fmt", RUNTIMES)
 def test_int8_export_eval_and_predict(tmp_path, capsys, folder, checkpoint, fmt):
-    path = tmp_path / f"int8{ex.FORMATS[fmt].suffixes[0]}"
+    path = tmp_path / f"int8{FORMATS[fmt].suffixes[0]}"
     code, out, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--format", fmt, "--out", path,
                              "--int8", "--calib-data", folder, "--calib-size", "16")
     assert code == 0, err
     assert "int8 top-1 agrees with fp32" in out
     assert "Running" not in err and "WARNING" not in err  # the converters' progress and notices stay hidden
-    meta = ex.read_meta(path)
+    meta = read_meta(path)
     assert meta.int8 == MOBILE_FORMATS[fmt].INT8_METHOD and meta.class_names == ("bright", "dark")
     exported, original = eval_json(capsys, tmp_path, path, folder), eval_json(capsys, tmp_path, checkpoint, folder)
     assert exported["count"] == original["count"] == 12
-    forward, pre, _ = ex.load_exported(path)
+    forward, pre, _ = load_exported(path)
     images = pre.load_batch(sorted((folder / "val" / "bright").iterdir()))
     with torch.no_grad():
         reference = ex.load_source(checkpoint).model(images)
@@ -94,7 +95,7 @@ def test_coreml_is_converted_and_says_it_was_not_run(tmp_path, capsys, folder):
     assert code == 0, err
     assert path.is_dir() and (path / "Manifest.json").is_file()
     assert leftovers(tmp_path) == ["data", "v1.mlpackage"]
-    meta = ex.read_meta(path)
+    meta = read_meta(path)
     assert meta.format == "coreml" and len(meta.class_names) == 3 and meta.input_size == SIZE
     if sys.platform != "darwin":
         assert "not verified: Core ML cannot run a model on this OS" in out
@@ -151,7 +152,7 @@ def test_missing_mobile_extra_names_it(tmp_path, capsys, monkeypatch, fmt, modul
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
     code, _, err = run_cli(capsys, "export", "--model", "mobilenet_v1", "--format", fmt,
-                           "--out", tmp_path / f"m{ex.FORMATS[fmt].suffixes[0]}")
+                           "--out", tmp_path / f"m{FORMATS[fmt].suffixes[0]}")
     assert_one_line_error(code, err, f"{module} is not installed: pip install 'mobilenets[mobile]'")
 
 

@@ -317,7 +317,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .export import exported_format, load_exported_model
+    from .exported import exported_format, load_exported_model
     from .predict import load_model, predict
     from .registry import is_detector
 
@@ -403,7 +403,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .evaluate import evaluate_data
-    from .export import exported_format, load_exported_model
+    from .exported import exported_format, load_exported_model
     from .memory import keep_freed_memory
     from .plots import plot_confusion
     from .predict import load_model

@@ -1,4 +1,4 @@
-"""Export a MobileNet for inference, verify it in its own runtime, and load it back.
+"""Export a MobileNet for inference and verify it in its own runtime (``exported.py`` loads it back).
 
 Formats (``FORMATS``): ONNX (run by ONNX Runtime), OpenVINO IR (``.xml`` + ``.bin``), TorchScript
 and ``torch.export`` archives (run by PyTorch), and for phones ExecuTorch (``.pte``, XNNPACK), LiteRT
@@ -31,18 +31,17 @@ import os
 import sys
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .exported import FORMATS, runtime_forward
 from .files import atomic_write, replace_folder
 from .layers import ConvBNAct
-from .metadata import META_FILE, META_KEY, ExportMeta, save_openvino, set_onnx_meta
+from .metadata import META_FILE, ExportMeta, save_openvino, set_onnx_meta
 from .mobile import MOBILE_FORMATS
 from .mobile.console import first_line
 from .preprocess import Preprocess
@@ -50,10 +49,6 @@ from .registry import ModelArgs
 from .runtimes import (
     Forward,
     MissingRuntime,
-    ort_forward,
-    ort_session,
-    ov_compile,
-    ov_forward,
     require,
     require_installed,
 )
@@ -62,30 +57,6 @@ FP32_TOLERANCE = 1e-4  # max abs logit difference allowed between an fp32 export
 FOLD_TOLERANCE = 1e-5  # folded vs unfolded eager model
 VERIFY_BATCHES = (1, 3)  # 1 and a batch > 1 exercise the dynamic batch dimension
 STANDARD_ONNX_DOMAINS = ("", "ai.onnx")
-NOT_EXPORTED_HINT = "expected .onnx, .xml, .ts/.pt, .pt2, .pte, .tflite or .mlpackage from `mobilenets export`"
-
-
-@dataclass(frozen=True)
-class Format:
-    """An export format: the file suffixes it accepts, the runtime that runs it, whether int8 exists."""
-
-    name: str
-    suffixes: tuple[str, ...]
-    runtime: str
-    packages: tuple[str, ...]  # Python modules needed to write and run it
-    int8: bool
-    folder: bool = False  # the "file" is a folder (Core ML packages)
-
-
-FORMATS: dict[str, Format] = {
-    "onnx": Format("onnx", (".onnx",), "ONNX Runtime", ("onnx", "onnxscript", "onnxruntime"), True),
-    "openvino": Format("openvino", (".xml",), "OpenVINO", ("openvino",), True),
-    "torchscript": Format("torchscript", (".ts", ".pt"), "PyTorch (TorchScript)", (), False),
-    "exported-program": Format("exported-program", (".pt2",), "PyTorch (torch.export)", (), False),
-    "executorch": Format("executorch", (".pte",), "ExecuTorch (XNNPACK)", MOBILE_FORMATS["executorch"].PACKAGES, True),
-    "tflite": Format("tflite", (".tflite",), "LiteRT (XNNPACK)", MOBILE_FORMATS["tflite"].PACKAGES, True),
-    "coreml": Format("coreml", (".mlpackage",), "Core ML", MOBILE_FORMATS["coreml"].PACKAGES, False, folder=True),
-}
 
 
 @dataclass(frozen=True)
@@ -98,14 +69,6 @@ class ExportResult:
     size_bytes: int  # all files together
     top1_agreement: float | None = None  # int8: same top-1 as fp32 PyTorch on the calibration images
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-class Exported(NamedTuple):
-    """An exported model loaded in its runtime: ``forward(float batch) -> logits``."""
-
-    forward: Forward
-    preprocess: Preprocess
-    class_names: list[str]
 
 
 # --------------------------------------------------------------------------- batch-norm folding
@@ -449,143 +412,6 @@ def _top1_agreement(forward: Forward, reference: nn.Module, batches: Sequence[Te
     return same / max(total, 1)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def exported_format(path: str | os.PathLike) -> str | None:
-    """The export format of a file, or ``None`` for anything else (e.g. a training checkpoint)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".xml":
-        return "openvino"
-    mobile = next((name for name in MOBILE_FORMATS if suffix in FORMATS[name].suffixes), None)
-    if mobile:
-        return mobile
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return None
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    if any(n.endswith("/constants.pkl") or n.startswith("constants.pkl") for n in names):
-        return "torchscript"
-    if any(n.endswith("archive_format") for n in names) or suffix == ".pt2":
-        return "exported-program"
-    return None
-
-
-def read_meta(path: str | os.PathLike, fmt: str | None = None) -> ExportMeta:
-    """The ``ExportMeta`` stored in an exported file."""
-    path = Path(path)
-    fmt = fmt or exported_format(path)
-    if not path.exists():
-        raise FileNotFoundError(f"exported model not found: {path}")
-    if fmt == "onnx":
-        onnx = require("onnx")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # onnx raises DecodeError and others for a broken file
-            raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
-        text = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
-    elif fmt == "openvino":
-        model = _read_openvino(path)
-        text = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else None
-    elif fmt in ("torchscript", "exported-program"):
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in zf.namelist() if n.rsplit("/", 1)[-1] == META_FILE), None)
-            text = zf.read(name).decode() if name else None
-    elif fmt in MOBILE_FORMATS:
-        text = MOBILE_FORMATS[fmt].read_meta(path)
-    else:
-        raise ValueError(f"{path} is not an exported model ({NOT_EXPORTED_HINT})")
-    if not text:
-        raise ValueError(f"{path} was not exported by mobilenets: it carries no preprocessing or class names")
-    return ExportMeta.from_json(text)
-
-
-def _read_openvino(path: Path):
-    if not path.with_suffix(".bin").is_file():
-        raise FileNotFoundError(f"{path.with_suffix('.bin')} not found: an OpenVINO model is the .xml and its .bin")
-    from .runtimes import ov_core
-
-    try:
-        return ov_core().read_model(str(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path} is not a readable OpenVINO model ({str(e).strip().splitlines()[0]})") from None
-
-
-def runtime_forward(path: Path, fmt: str, threads: int | None) -> Forward:
-    """Run ``path`` in its runtime (no metadata needed: also used on the temporary export)."""
-    if fmt == "onnx":
-        forward = ort_forward(ort_session(path, threads))
-    elif fmt == "openvino":
-        forward = ov_forward(ov_compile(_read_openvino(path), threads))
-    elif fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            module = torch.jit.load(str(path), map_location="cpu").eval()
-        forward = _no_grad(module)
-    elif fmt == "exported-program":
-        module = torch.export.load(str(path)).module()
-        forward = _no_grad(module)
-    elif fmt in MOBILE_FORMATS:
-        forward = MOBILE_FORMATS[fmt].forward(path, threads)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
-    return forward
-
-
-def _no_grad(module: Callable[[Tensor], Tensor]) -> Forward:
-    def forward(x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return module(x)
-
-    return forward
-
-
-def load_exported(path: str | os.PathLike, threads: int | None = None) -> Exported:
-    """Load a file written by ``mobilenets export``: (forward, preprocess, class names).
-
-    ``forward`` runs the model in its runtime (ONNX Runtime, OpenVINO, PyTorch, ExecuTorch, LiteRT)
-    and checks the input shape first, with the same message as the eager model.
-    """
-    path = Path(path)
-    fmt = exported_format(path)
-    if fmt is None:
-        raise ValueError(f"{path} is not an exported model ({NOT_EXPORTED_HINT})")
-    meta = read_meta(path, fmt)
-    run = runtime_forward(path, fmt, threads)
-    channels = ModelArgs(**meta.model_args).in_chans
-    size = meta.input_size
-
-    def forward(x: Tensor) -> Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != (channels, size, size):
-            expected = f"(N, {channels}, {size}, {size})"
-            raise ValueError(f"{path.name} expects input of shape {expected}, got {tuple(x.shape)}")
-        return run(x)
-
-    return Exported(forward, Preprocess.from_dict(meta.preprocess), list(meta.class_names))
-
-
-class RuntimeModule(nn.Module):
-    """An exported model behind the ``nn.Module`` call interface (for code written for models)."""
-
-    def __init__(self, forward: Forward) -> None:
-        super().__init__()
-        self._forward = forward
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._forward(x.cpu()).to(x.device)  # the runtimes run on the CPU
-
-
-def load_exported_model(path: str | os.PathLike):
-    """``load_exported`` as a ``predict.LoadedModel`` (what ``mobilenets eval`` works with)."""
-    from .predict import LoadedModel
-
-    forward, preprocess, class_names = load_exported(path)
-    return LoadedModel(RuntimeModule(forward).eval(), preprocess, class_names)
-
-
 def describe(result: ExportResult) -> str:
     kind = f"int8 ({result.int8})" if result.int8 else "fp32"
     batches = " and ".join(map(str, VERIFY_BATCHES))
@@ -606,15 +432,4 @@ def describe(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = [
-    "FORMATS",
-    "ExportMeta",
-    "ExportResult",
-    "Exported",
-    "export_model",
-    "exported_format",
-    "fold_batchnorm",
-    "load_exported",
-    "load_exported_model",
-    "read_meta",
-]
+__all__ = ["ExportResult", "check_export", "export_model", "fold_batchnorm", "load_source"]

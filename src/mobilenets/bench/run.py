@@ -88,7 +88,7 @@ def time_exported(
     path: str | os.PathLike, batch_size: int = 1, *, threads: int | None = None, repeats: int = 30, warmup: int = 3
 ) -> Timing:
     """Time a file written by ``mobilenets export`` in its runtime, in a fresh process."""
-    from ..export import read_meta
+    from ..exported import read_meta
 
     meta = read_meta(path)
     config = Config(meta.model_args["name"], meta.model_args["width_mult"], meta.input_size, batch_size)

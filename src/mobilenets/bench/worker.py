@@ -107,7 +107,8 @@ def export_for_backend(backend: str, model, config: Config, workdir: str | os.Pa
     """
     import torch
 
-    from ..export import FORMATS, export_model
+    from ..export import export_model
+    from ..exported import FORMATS
     from ..preprocess import Preprocess
 
     spec = BACKENDS[backend]
@@ -124,7 +125,7 @@ def _export_runner(backend: str, model, config: Config, x, workdir: Path):
     """(timed call, file size in bytes): ``model`` exported for ``backend`` and loaded in its runtime."""
     import torch
 
-    from ..export import runtime_forward
+    from ..exported import runtime_forward
     from ..runtimes import ov_compile, ov_forward
 
     spec = BACKENDS[backend]
@@ -214,7 +215,7 @@ def run_job(job: dict) -> list[dict]:
 def _time_file(job: dict) -> dict:
     import torch
 
-    from ..export import load_exported, read_meta
+    from ..exported import load_exported, read_meta
 
     meta = read_meta(job["path"])
     (c,) = (Config(**d) for d in job["configs"])

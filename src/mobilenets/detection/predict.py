@@ -38,7 +38,7 @@ def load_detector(checkpoint: str | os.PathLike | None = None, *, model: str | N
                   weights: str | os.PathLike | None = None, threads: int | None = None, **kwargs) -> LoadedDetector:
     """A training checkpoint of this package, a file from ``mobilenets export`` (run in its
     runtime), or ``model`` with optional ``weights``."""
-    from ..export import exported_format, read_meta
+    from ..exported import exported_format, read_meta
     from .runtime import ExportedDetector
 
     fmt = exported_format(checkpoint) if checkpoint is not None else None
@@ -62,7 +62,7 @@ def load_detector(checkpoint: str | os.PathLike | None = None, *, model: str | N
 
 def is_detector_file(path: str | os.PathLike) -> bool:
     """Whether a checkpoint or an exported file holds a detector."""
-    from ..export import exported_format, read_meta
+    from ..exported import exported_format, read_meta
     from ..registry import is_detector
 
     if exported_format(path):

@@ -40,9 +40,9 @@ def graph_runner(path: str | os.PathLike, meta: ExportMeta, threads: int | None 
         def run(x: Tensor):
             return tuple(torch.from_numpy(o) for o in session.run(None, {name: _array(x)}))
     elif fmt == "openvino":
-        from ..export import _read_openvino
+        from ..exported import read_openvino
 
-        request = ov_compile(_read_openvino(Path(path)), threads).create_infer_request()
+        request = ov_compile(read_openvino(Path(path)), threads).create_infer_request()
 
         def run(x: Tensor):
             request.infer({0: _array(x)})

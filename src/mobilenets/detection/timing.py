@@ -52,7 +52,8 @@ def detector_runner(backend: str, model: nn.Module, batch: Tensor, workdir: Path
     """(timed call, file size) for ``model`` on ``backend`` (``peer``: torchvision's model, eager);
     ``batch`` (N, 3, S, S) in [0, 1]."""
     from ..bench import BACKENDS
-    from ..export import FORMATS, fold_batchnorm
+    from ..export import fold_batchnorm
+    from ..exported import FORMATS
 
     if backend in ("eager", "peer"):  # ours with BN folded, as for classifiers; the peer as it comes
         net, images = (fold_batchnorm(model) if backend == "eager" else model).eval(), list(batch)
@@ -60,7 +61,7 @@ def detector_runner(backend: str, model: nn.Module, batch: Tensor, workdir: Path
     timed = [name for name, b in BACKENDS.items() if b.format in DETECTOR_FORMATS and b.precision != "bf16"]
     if backend not in timed:
         raise ValueError(f"detectors are timed on eager and {', '.join(timed)}; not {backend}")
-    from ..export import read_meta
+    from ..exported import read_meta
     from .export import export_detector
     from .runtime import graph_runner
 

@@ -1,6 +1,7 @@
 """The phone runtimes: ExecuTorch (``.pte``), LiteRT (``.tflite``) and Core ML (``.mlpackage``).
 
-One module per runtime, each with the same small interface, which ``export.py`` dispatches to:
+One module per runtime, each with the same small interface, which ``export.py`` (writing) and
+``exported.py`` (reading, running) dispatch to:
 
 * ``write(model, path, example, meta_json, calibration)``: convert the BN-folded model, traced
   at ``example`` (one image: a phone runs one frame at a time, and ahead-of-time memory planning

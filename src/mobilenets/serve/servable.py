@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..export import FORMATS, exported_format, read_meta
+from ..exported import FORMATS, exported_format, read_meta
 from ..layers import ACTIVATIONS
 from ..preprocess import Preprocess
 from .decode import DEFAULT_MAX_PIXELS, decode_image
@@ -130,7 +130,7 @@ def _load_exported(path: Path, fmt: str, threads: int | None) -> Servable:
         loaded = load_detector(path, threads=threads)
         task = Detector(loaded.model, meta.input_size, loaded.class_names)
     else:
-        from ..export import load_exported
+        from ..exported import load_exported
 
         forward, preprocess, class_names = load_exported(path, threads)
         task = Classifier(forward, preprocess, class_names)
