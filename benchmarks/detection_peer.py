@@ -113,13 +113,19 @@ def main() -> None:
         train_module.make_task = task
         torch.manual_seed(0)
         start = time.perf_counter()
-        summary = Trainer(config(name, epochs)).run()
+        trainer = Trainer(config(name, epochs))
+        trainer.run()
+        reports = trainer.dist.is_main  # under torchrun, one process reports
+        del trainer  # its model and data go before the next one's
+        if not reports:
+            continue
         history = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
         best = max(history, key=lambda h: h["val_map"])
         results[name] = {"epochs": epochs, "minutes": (time.perf_counter() - start) / 60, **{
             k: best[f"val_{k}"] for k in ("map", "map50", "map75", "map_small", "map_medium", "map_large")}}
         print(json.dumps({name: results[name]}), flush=True)
-        del summary
+    if not results:
+        return
     print(f"\n{'model':<12} {'epochs':>6} {'minutes':>8} {'mAP':>7} {'AP50':>7} {'AP75':>7}")
     for name, r in results.items():
         print(f"{name:<12} {r['epochs']:>6} {r['minutes']:>8.1f} {100 * r['map']:>6.2f}% {100 * r['map50']:>6.2f}% "
