@@ -236,6 +236,24 @@ def test_eval_and_predict_from_checkpoint(fmnist, tmp_path, capsys):
     assert len(lines) == 6 and all(line.split("%")[1].strip() in names for line in lines[1:])
 
 
+def test_eval_on_the_runs_own_validation_split_with_tta(fmnist, tmp_path, capsys):
+    # seed 3: eval must carve the validation images as the run did, read from the checkpoint
+    out = tmp_path / "run"
+    train(make_config("mobilenet_v1", "fashion-mnist", str(out), "fashion-mnist", seed=3, amp=False,
+                      **{**TINY, "epochs": 1}), quiet=True)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    args = ["eval", "--checkpoint", str(out / "best.pt"), "--data", "fashion-mnist", "--split", "val", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["split"] == "val" and plain["count"] == record["val_images"] == 26 and plain["tta"] is None
+    assert plain["loss"] == pytest.approx(record["val_loss"], abs=1e-4)
+    assert main([*args, "--tta", "flip-shift"]) == 0
+    shifted = json.loads(capsys.readouterr().out)
+    assert shifted["tta"] == "flip-shift" and shifted["count"] == 26 and shifted["loss"] != plain["loss"]
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data", "fashion-mnist", "--tta"]) == 0
+    assert "on the test split of fashion-mnist with flip TTA" in capsys.readouterr().out
+
+
 def test_eval_rejects_other_classes(fmnist, tmp_path, capsys):
     out = tmp_path / "run"
     train(make_config("mobilenet_v1", "fashion-mnist", str(out), "fashion-mnist", **{**TINY, "epochs": 1}), quiet=True)

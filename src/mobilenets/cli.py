@@ -120,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="fashion-mnist (its 10,000 test images) or an image folder (its test/ part, else val/); "
                    "detectors: a COCO JSON file or a Pascal VOC folder (its val split)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the predictions for each image and its mirror image")
+    p.add_argument("--tta", nargs="?", const="flip", choices=["flip", "shift", "flip-shift"],  # evaluate.TTA_VIEWS
+                   metavar="VIEWS",
+                   help="test-time augmentation, the mean prediction over views of each image: flip (the "
+                   "default: the image and its mirror), shift (moved by 3 %% of its side in four directions) "
+                   "or flip-shift (10 views)")
+    p.add_argument("--split", choices=["val", "test"],
+                   help="the split to measure (default: test where there is one, else val); val is held out "
+                   "as the training run did (its seed and --val-split, read from a training checkpoint)")
     p.add_argument("--val-split", type=float, default=None, help="for a folder without val/: held-out fraction")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -415,18 +421,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return _eval_boxes(args, device)
     # a file from `mobilenets export` (fp32 or int8) runs in its own runtime, on the CPU
     loaded = load_exported_model(args.checkpoint) if exported_format(args.checkpoint) else load_model(args.checkpoint)
+    seed, val_split = _held_out(args)
     split, result = evaluate_data(loaded.model.to(device), args.data, loaded.preprocess, loaded.class_names,
-                                  val_split=args.val_split, batch_size=args.batch_size, workers=args.workers,
-                                  tta=args.tta, device=device)
+                                  val_split=val_split, seed=seed, batch_size=args.batch_size,
+                                  workers=args.workers, tta=args.tta, split=args.split, device=device)
     png = Path(args.confusion) if args.confusion else Path(args.checkpoint).with_name("confusion.png")
     plot_confusion(result.confusion, loaded.class_names, png, title=f"{args.checkpoint} on {args.data}")
     if args.json:
         print(json.dumps({**result.to_dict(loaded.class_names), "split": split, "tta": args.tta,
                           "confusion_png": str(png)}, indent=2))
     else:
-        print(f"{args.checkpoint} on the {split} split of {args.data}{' with flip TTA' if args.tta else ''}:")
+        print(f"{args.checkpoint} on the {split} split of {args.data}{f' with {args.tta} TTA' if args.tta else ''}:")
         print(result.format(loaded.class_names))
         print(f"confusion matrix: {png}")
+
+
+def _held_out(args: argparse.Namespace) -> tuple[int, float | None]:
+    """The seed and fraction that carve a validation split as the checkpoint's training run did
+    (0 and ``--val-split`` for files that do not say)."""
+    from .exported import exported_format
+    from .weights import read_checkpoint
+
+    config = {}
+    if not exported_format(args.checkpoint):
+        config = read_checkpoint(args.checkpoint).get("config") or {}
+    val_split = args.val_split if args.val_split is not None else config.get("val_split")
+    return int(config.get("seed", 0)), val_split
 
 
 def _eval_boxes(args: argparse.Namespace, device) -> None:
@@ -435,6 +455,8 @@ def _eval_boxes(args: argparse.Namespace, device) -> None:
     from .detection.predict import load_detector
     from .distributed import Dist
 
+    if args.tta or args.split:
+        raise CliError("--tta and --split are for classifiers: a detector is measured on the annotations given")
     loaded = load_detector(args.checkpoint)
     annotations = load_eval_annotations(args.data, loaded.class_names, loaded.category_ids)
     for line in annotations.problems.lines():

@@ -68,9 +68,16 @@ class DataBundle:
             if isinstance(dataset, ImageFiles):
                 dataset.transform = transform
 
-    def eval_split(self) -> tuple[str, Dataset]:
-        """The split a finished model is measured on: test where there is one, else validation."""
-        return ("test", self.test) if self.test is not None else ("val", self.val)
+    def eval_split(self, name: str | None = None) -> tuple[str, Dataset]:
+        """The split ``name`` (``val`` or ``test``); by default the one a finished model is
+        measured on: test where there is one, else validation."""
+        if name is None:
+            name = "test" if self.test is not None else "val"
+        if name not in ("val", "test"):
+            raise ValueError(f"unknown split {name!r}; choose val or test")
+        if name == "test" and self.test is None:
+            raise ValueError(f"{self.name} has no test split (a folder's is its test/ sub-folder)")
+        return name, self.test if name == "test" else self.val
 
 
 def folder_train_transform(input_size: int, min_crop: float, hflip: float, erase: float) -> v2.Compose:

@@ -1,0 +1,50 @@
+"""Test-time augmentation: the views and their average."""
+
+import math
+
+import pytest
+import torch
+from datasets import image_folder
+
+from mobilenets.data import load_data
+from mobilenets.evaluate import tta_views, with_tta
+
+
+def test_views_are_the_mirror_and_one_step_shifts():
+    x = torch.arange(2 * 1 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
+    assert [len(tta_views(x, v)) for v in ("flip", "shift", "flip-shift")] == [2, 5, 10]
+    flip = tta_views(x, "flip")
+    assert torch.equal(flip[0], x) and torch.equal(flip[1], x.flip(-1))
+    same, down, up, right, left = tta_views(x, "shift")  # moved by 2 px at 64: round(64 / 32)
+    assert torch.equal(same, x) and all(v.shape == x.shape for v in (down, up, right, left))
+    assert torch.equal(down[..., 2:, :], x[..., :-2, :])
+    assert torch.equal(down[..., :2, :], x[..., :1, :].expand(2, 1, 2, 64))  # the edge repeated
+    assert torch.equal(up[..., :-2, :], x[..., 2:, :])
+    assert torch.equal(right[..., :, 2:], x[..., :, :-2]) and torch.equal(left[..., :, :-2], x[..., :, 2:])
+    assert torch.equal(tta_views(x, "flip-shift")[5], x.flip(-1))
+
+
+def test_average_is_the_log_of_the_mean_probability():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 32, 32)
+    weight = torch.randn(4, 32 * 32)
+
+    def forward(images):
+        return images.flatten(1) @ weight.T
+
+    for views in ("flip", "shift", "flip-shift"):
+        probs = torch.stack([forward(v).softmax(1) for v in tta_views(x, views)]).mean(0)
+        assert torch.allclose(with_tta(forward, views)(x), probs.log(), atol=1e-5)
+    assert math.isclose(with_tta(forward, "flip")(x).exp().sum(1)[0].item(), 1.0, rel_tol=1e-5)
+
+
+def test_unknown_views_are_refused_at_once():
+    with pytest.raises(ValueError, match="unknown TTA views 'rotate'"):
+        with_tta(lambda x: x, "rotate")
+
+
+def test_a_folder_without_test_has_no_test_split(tmp_path):
+    bundle = load_data(str(image_folder(tmp_path / "d")))
+    assert bundle.eval_split()[0] == "val" and bundle.eval_split("val")[1] is bundle.val
+    with pytest.raises(ValueError, match="has no test split"):
+        bundle.eval_split("test")
