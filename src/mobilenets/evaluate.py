@@ -51,17 +51,21 @@ class EvalResult:
 TTA_VIEWS = ("flip", "shift", "flip-shift")
 
 
+def _check_views(views: str) -> None:
+    if views not in TTA_VIEWS:
+        raise ValueError(f"unknown TTA views {views!r}; choose from {', '.join(TTA_VIEWS)}")
+
+
 def tta_views(x: Tensor, views: str) -> list[Tensor]:
     """The views of a model-input batch that test-time augmentation averages.
 
     ``flip``: the image and its mirror image (only for data where a mirror image keeps its class:
     clothes, photos; not digits or text). ``shift``: the image and four copies moved by about 3 %
     of its side (2 px at 72) up, down, left and right, the edges repeated. ``flip-shift``: both,
-    10 views. On Fashion-MNIST the shifted views added 0.1 to 0.3 point over the mirror alone,
-    chosen on validation (docs/results.md section 1).
+    10 views. On Fashion-MNIST the shifts added up to 0.3 point over the mirror alone for some
+    runs and nothing for others (docs/results.md section 1): choose the views on validation.
     """
-    if views not in TTA_VIEWS:
-        raise ValueError(f"unknown TTA views {views!r}; choose from {', '.join(TTA_VIEWS)}")
+    _check_views(views)
     images = [x, x.flip(-1)] if "flip" in views else [x]
     if "shift" not in views:
         return images
@@ -77,7 +81,7 @@ def with_tta(forward: Forward, views: str = "flip") -> Forward:
 
     Log-probabilities are logits, so accuracy and cross-entropy need nothing else.
     """
-    tta_views(torch.zeros(1, 1, 1, 1), views)  # an unknown name fails here, not at the first batch
+    _check_views(views)  # here, not at the first batch
 
     def averaged(x: Tensor) -> Tensor:
         outputs = [forward(view).float().log_softmax(1) for view in tta_views(x, views)]
