@@ -55,12 +55,15 @@ def test_image_folder_train_val(tmp_path):
     bundle.set_transforms(folder_train_transform(32, 0.5, 0.0, 0.0), bundle.preprocess(32, 1.0).image_transform())
     image, _ = bundle.val[0]
     assert image.shape == (3, 32, 32) and bundle.train[0][0].shape == (3, 32, 32)
-    assert bundle.eval_split()[0] == "val"
+    assert bundle.eval_split()[0] == "val" and bundle.eval_split("val")[1] is bundle.val
+    with pytest.raises(ValueError, match="has no test split"):
+        bundle.eval_split("test")
 
 
 def test_image_folder_test_split_is_kept_for_the_end(tmp_path):
     bundle = load_data(str(image_folder(tmp_path / "d", splits=("train", "val", "test"))))
     assert len(bundle.test) == 36 and bundle.eval_split()[0] == "test"
+    assert bundle.eval_split("val") == ("val", bundle.val)
 
 
 def test_small_images_are_evaluated_whole(tmp_path):

@@ -4,9 +4,7 @@ import math
 
 import pytest
 import torch
-from datasets import image_folder
 
-from mobilenets.data import load_data
 from mobilenets.evaluate import tta_views, with_tta
 
 
@@ -41,10 +39,3 @@ def test_average_is_the_log_of_the_mean_probability():
 def test_unknown_views_are_refused_at_once():
     with pytest.raises(ValueError, match="unknown TTA views 'rotate'"):
         with_tta(lambda x: x, "rotate")
-
-
-def test_a_folder_without_test_has_no_test_split(tmp_path):
-    bundle = load_data(str(image_folder(tmp_path / "d")))
-    assert bundle.eval_split()[0] == "val" and bundle.eval_split("val")[1] is bundle.val
-    with pytest.raises(ValueError, match="has no test split"):
-        bundle.eval_split("test")

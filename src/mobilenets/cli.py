@@ -86,6 +86,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, name_positional: bool) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluate import TTA_VIEWS
+
     parser = Parser(prog="mobilenets", description="Build, count, train, export and benchmark MobileNets.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
@@ -120,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="fashion-mnist (its 10,000 test images) or an image folder (its test/ part, else val/); "
                    "detectors: a COCO JSON file or a Pascal VOC folder (its val split)")
-    p.add_argument("--tta", nargs="?", const="flip", choices=["flip", "shift", "flip-shift"],  # evaluate.TTA_VIEWS
-                   metavar="VIEWS",
+    p.add_argument("--tta", nargs="?", const="flip", choices=TTA_VIEWS, metavar="VIEWS",
                    help="test-time augmentation, the mean prediction over views of each image: flip (the "
                    "default: the image and its mirror), shift (moved by 3 %% of its side in four directions) "
                    "or flip-shift (10 views)")
