@@ -89,6 +89,7 @@ def test_grey_folder_from_an_rgb_file(tmp_path, tv_v3_small, capsys):
     (None, ["--freeze-backbone"], "--freeze-backbone and --backbone-lr-scale need --weights or --weights-backbone"),
     (None, ["--backbone-lr-scale", "0.1"], "need --weights or --weights-backbone FILE"),
     (None, ["--hflip", "2"], "hflip must be in [0, 1]"),
+    (None, ["--pad", "-1"], "pad must be in [0, inf)"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, make, extra, message):
     root = image_folder(tmp_path / "d", classes=3, per_class=4, size=40)

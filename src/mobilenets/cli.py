@@ -257,6 +257,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="horizontal flip probability (0: never, for data where a mirror image is another class)")
     g.add_argument("--min-crop", type=float, default=None, metavar="F",
                    help="smallest random crop, as a fraction of the image's area (image folders)")
+    g.add_argument("--pad", type=int, default=None, metavar="PX",
+                   help="random translation by up to PX pixels (in-memory data such as Fashion-MNIST; 0: off)")
     g.add_argument("--erase", type=float, default=None, metavar="P",
                    help="classifiers: random erasing probability (a rectangle of 2 to 33 %% of the image)")
     g.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
@@ -387,7 +389,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "weights_backbone",
                   "val_data", "reduced_tail", "width_mult",
                   "input_size", "epochs", "batch_size", "optimizer", "lr", "lr_floor", "weight_decay", "warmup_epochs",
-                  "label_smoothing", "hflip", "min_crop", "erase", "mixup", "cutmix", "dropout", "box_augment",
+                  "label_smoothing", "hflip", "min_crop", "pad", "erase", "mixup", "cutmix", "dropout", "box_augment",
                   "ema_decay", "amp", "channels_last", "compile", "freeze_backbone", "backbone_lr_scale")
     }
     if args.box_scales is not None:
