@@ -166,10 +166,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fmnist, tmp_path, monkeyp
 def test_existing_run_is_not_overwritten(fmnist, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--model", "mobilenet_v1", "--data", "fashion-mnist", "--recipe", "fashion-mnist",
-            "--width-mult", "0.25", "--input-size", "32", "--batch-size", "32", "--epochs", "1", "--pad", "1",
+            "--width-mult", "0.25", "--input-size", "32", "--batch-size", "32", "--epochs", "1", "--pad", "3",
             "--out", str(out)]
     assert main(argv) == 0
-    assert load(out / "last.pt")["config"]["recipe"]["pad"] == 1  # the recipe's is 2
+    assert load(out / "last.pt")["config"]["recipe"]["pad"] == 3  # the recipe's is 1
     before = (out / "last.pt").read_bytes()
     capsys.readouterr()
     assert main(argv) == 2
