@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,30 +48,51 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure_latency(models, backends, threads, repeats, files: Path) -> list[dict]:
-    """One row per (model, backend, threads): median ms, file size."""
-    rows = []
+def measure_latency(models, backends, threads, repeats, rounds, files: Path) -> list[dict]:
+    """One row per (round, model, backend, threads): median ms, file size.
+
+    Each file is exported once; then every round times every backend again, in the reverse order
+    every other round, so that a host whose speed drifts during the run slows all backends alike.
+    """
+    jobs = []  # (model, backend, timer, size)
     for model_name in models:
         config = Config(model_name)
         model = create_model(model_name).eval()
         for backend in (*backends, "peer"):
             # openvino-bf16 differs from openvino only in the compile-time hint: it runs in bench's worker
-            by_file = backend in BACKENDS and BACKENDS[backend].exported and backend != "openvino-bf16"
-            size = None
-            if by_file:
+            if backend in BACKENDS and BACKENDS[backend].exported and backend != "openvino-bf16":
                 say(f"{model_name}: exporting {backend} ...")
                 result = export_for_backend(backend, model, config, files)
-                size = result.size_bytes
+                jobs.append((model_name, backend, lambda t, path=result.path: time_exported(path, 1, threads=t,
+                                                                                             repeats=repeats),
+                             result.size_bytes))
+            else:
+                jobs.append((model_name, backend, lambda t, b=backend, c=config: time_backend(
+                    b, [c], threads=t, repeats=repeats, warmup=3)[0], None))
+    rows = []
+    for r in range(rounds):
+        for model_name, backend, timer, size in (jobs if r % 2 == 0 else jobs[::-1]):
             for t in threads:
-                say(f"{model_name}: timing {backend} with {t} thread(s) ...")
-                if by_file:
-                    timing = time_exported(result.path, 1, threads=t, repeats=repeats)
-                else:
-                    (timing,) = time_backend(backend, [config], threads=t, repeats=repeats, warmup=3)
-                rows.append({"model": model_name, "backend": backend, "threads": t, "available": timing.available,
-                             "reason": timing.reason, "median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
-                             "size_bytes": size if size is not None else timing.size_bytes, "label": timing.label})
+                say(f"round {r + 1}/{rounds}, {model_name}: timing {backend} with {t} thread(s) ...")
+                timing = timer(t)
+                rows.append({"round": r, "model": model_name, "backend": backend, "threads": t,
+                             "available": timing.available, "reason": timing.reason, "median_ms": timing.median_ms,
+                             "p90_ms": timing.p90_ms, "size_bytes": size if size is not None else timing.size_bytes,
+                             "label": timing.label})
     return rows
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (model, backend, threads): the median over the rounds of each round's median."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["backend"], r["threads"]), []).append(r)
+    out = []
+    for runs in groups.values():
+        times = [r["median_ms"] for r in runs if r["available"]]
+        out.append({**runs[0], "available": bool(times), "median_ms": statistics.median(times) if times else None,
+                    "rounds_ms": times})
+    return out
 
 
 def latency_table(rows: list[dict], models, threads) -> str:
@@ -99,22 +121,40 @@ def fastest(ms: dict, model: str, threads: int, backends, precision: str) -> tup
 
 
 def targets(rows: list[dict], models, threads) -> str:
-    """Best mobile vs best server path per precision; int8 over fp32 in each mobile runtime."""
-    ms = {(r["model"], r["backend"], r["threads"]): r["median_ms"] for r in rows if r["available"]}
+    """Best mobile vs best server path per precision; int8 over fp32 in each mobile runtime.
+
+    Every ratio is taken within a round (backends timed minutes apart, not an hour), then the
+    median over the rounds is reported, with the range when there are several.
+    """
+    by_round: dict[int, dict] = {}
+    for r in rows:
+        if r["available"]:
+            by_round.setdefault(r.get("round", 0), {})[(r["model"], r["backend"], r["threads"])] = r["median_ms"]
     lines = []
     for m in models:
         for t in threads:
             parts = []
             for precision in ("fp32", "int8"):
-                mobile, server = fastest(ms, m, t, MOBILE, precision), fastest(ms, m, t, SERVER, precision)
-                if mobile and server:
-                    parts.append(f"{precision}: {mobile[1]} {mobile[0]:.2f} ms vs {server[1]} {server[0]:.2f} ms "
-                                 f"({server[0] / mobile[0]:.2f}x)")
+                pairs = [(fastest(ms, m, t, MOBILE, precision), fastest(ms, m, t, SERVER, precision))
+                         for ms in by_round.values()]
+                ratios = [server[0] / mobile[0] for mobile, server in pairs if mobile and server]
+                if ratios:
+                    winners = ", ".join(dict.fromkeys(f"{mobile[1]} vs {server[1]}" for mobile, server in pairs
+                                                      if mobile and server))
+                    parts.append(f"{precision}: best mobile over best server {_spread(ratios)} ({winners})")
             for fp32, int8 in (("executorch", "executorch-int8"), ("litert", "litert-int8")):
-                if (m, fp32, t) in ms and (m, int8, t) in ms:
-                    parts.append(f"{int8} {ms[(m, fp32, t)] / ms[(m, int8, t)]:.2f}x faster than {fp32}")
+                ratios = [ms[(m, fp32, t)] / ms[(m, int8, t)] for ms in by_round.values()
+                          if (m, fp32, t) in ms and (m, int8, t) in ms]
+                if ratios:
+                    parts.append(f"{int8} {_spread(ratios)} faster than {fp32}")
             lines.append(f"{MODELS[m]}, {t} thread(s): " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _spread(ratios: list[float]) -> str:
+    median = f"{statistics.median(ratios):.2f}x"
+    return median if len(ratios) == 1 else f"{median} (median of {len(ratios)} rounds, {min(ratios):.2f} to " \
+                                           f"{max(ratios):.2f})"
 
 
 def measure_accuracy(checkpoint: str, data: str, calib_size: int, files: Path) -> list[dict]:
@@ -153,6 +193,8 @@ def main() -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--backends", nargs="+", default=None, help="default: all of mobilenets bench's")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every backend this many times, alternating the order; medians are reported")
     p.add_argument("--checkpoint", help="a Fashion-MNIST (or other) checkpoint: int8 accuracy of the mobile files")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--calib-size", type=int, default=300)
@@ -164,10 +206,13 @@ def main() -> int:
     files.mkdir(parents=True, exist_ok=True)
     report, raw = [], {}
     if not args.no_latency:
-        rows = measure_latency(args.models, check_backends(args.backends), args.threads, args.repeats, files)
+        rows = measure_latency(args.models, check_backends(args.backends), args.threads, args.repeats,
+                               args.rounds, files)
         raw["latency"] = rows
-        report += [f"batch 1, 224x224, width 1.0, median of {args.repeats} (ms), file size (MB)", "",
-                   latency_table(rows, args.models, args.threads), "", targets(rows, args.models, args.threads)]
+        rounds = f", the median over {args.rounds} rounds" if args.rounds > 1 else ""
+        report += [f"batch 1, 224x224, width 1.0, median of {args.repeats} (ms){rounds}, file size (MB)", "",
+                   latency_table(medians(rows), args.models, args.threads), "",
+                   targets(rows, args.models, args.threads)]
     if args.checkpoint:
         rows = measure_accuracy(args.checkpoint, args.data, args.calib_size, files)
         raw["accuracy"] = rows

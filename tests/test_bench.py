@@ -173,6 +173,33 @@ def test_report_picks_the_best_path_per_precision():
     assert "unavailable: not installed" in text and "best int8 path vs peer: openvino-int8 8.00x" in text
 
 
+def test_rounds_alternate_the_order_and_report_medians(monkeypatch, capsys):
+    # each call is 1 ms slower than the one before (a host slowing down); "ort" is unavailable once
+    calls = []
+
+    def drifting(backend, configs, *, threads, repeats, warmup):
+        calls.append(backend)
+        ms = float(len(calls))
+        if backend == "ort" and len(calls) == 2:
+            return [bench.Timing(backend, configs[0], False, reason="busy")]
+        return [bench.Timing(backend, configs[0], True, median_ms=ms, p90_ms=ms + 0.5)]
+
+    monkeypatch.setattr("mobilenets.bench.run.time_backend", drifting)
+    report = bench.run_bench(bench.Config("mobilenet_v1", 0.25, 32), ["eager", "ort"], threads=1, repeats=1,
+                             rounds=3, peak=False)
+    assert calls == ["eager", "ort", "peer", "peer", "ort", "eager", "eager", "ort", "peer"]
+    eager, ort = report.results
+    assert eager.median_ms == 6.0 and eager.p90_ms == 6.5  # rounds at 1, 6 and 7 ms
+    assert ort.median_ms == 6.5 and ort.available  # 5 and 8 ms: the unavailable round left out
+    assert report.peer.median_ms == 4.0 and report.rounds == 3
+    assert "in each of 3 rounds (medians over the rounds)" in report.format()
+    assert report.to_dict()["rounds"] == 3
+    with pytest.raises(ValueError, match="--rounds must be at least 1"):
+        bench.run_bench(bench.Config("mobilenet_v1"), ["eager"], threads=1, rounds=0)
+    code, _, err = run_cli(capsys, "bench", "--compare-conv", "--rounds", "2")
+    assert_one_line_error(code, err, "--compare-conv takes no rounds")
+
+
 def test_higher_peak_keeps_the_faster_measurement_per_precision():
     first = bench.Peak(fp32_gflops=87.0, bf16_gflops=380.0)
     second = bench.Peak(fp32_gflops=150.0, bf16_gflops=None)

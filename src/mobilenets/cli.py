@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="threads of every backend (default: all CPUs)")
     p.add_argument("--backends", nargs="+", metavar="NAME", help=f"default: all of {', '.join(BACKENDS)}")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per backend (after warm-up)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every backend this many times, alternating the order; report the medians")
     p.add_argument("--compare-conv", action="store_true",
                    help="mobilenet_v1 vs mobilenet_v1_conv and VGG-16: measured vs mult-add speed-up")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -513,6 +515,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(message, file=sys.stderr, flush=True)
 
     if args.compare_conv:
+        if args.rounds != 1:
+            raise CliError("--rounds times one --model's backends; --compare-conv takes no rounds")
         result = run_compare_conv(width_mult=args.width_mult, input_size=args.input_size or 224,
                                   batch_size=args.batch_size, backends=args.backends, threads=args.threads,
                                   repeats=args.repeats, progress=progress)
@@ -523,7 +527,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         size = args.input_size or (get_spec(args.model).input_size if is_detector(args.model) else 224)
         config = Config(args.model, args.width_mult, size, args.batch_size, args.reduced_tail)
-        result = run_bench(config, args.backends, threads=args.threads, repeats=args.repeats, progress=progress)
+        result = run_bench(config, args.backends, threads=args.threads, repeats=args.repeats, rounds=args.rounds,
+                           progress=progress)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
 
 

@@ -110,6 +110,7 @@ class BenchReport:
     peer: Timing | None
     peak: Peak | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    rounds: int = 1  # every timing the median over this many rounds
 
     def timing(self, backend: str) -> Timing | None:
         return next((t for t in self.results if t.backend == backend), None)
@@ -160,6 +161,7 @@ class BenchReport:
             "config": asdict(self.config),
             "threads": self.threads,
             "repeats": self.repeats,
+            "rounds": self.rounds,
             "macs": self.macs,
             "params": self.params,
             "peer": self.peer.to_dict() if self.peer else None,
@@ -173,7 +175,9 @@ class BenchReport:
         c = self.config
         lines = [
             f"{c.model} x{c.width_mult:g} at {c.input_size}x{c.input_size}, batch {c.batch_size}, "
-            f"{self.threads} thread(s), {self.repeats} timed runs each: {self.macs / 1e6:,.1f} M mult-adds, "
+            f"{self.threads} thread(s), {self.repeats} timed runs each"
+            f"{f' in each of {self.rounds} rounds (medians over the rounds)' if self.rounds > 1 else ''}: "
+            f"{self.macs / 1e6:,.1f} M mult-adds, "
             f"{self.params / 1e6:.2f} M params per image",
         ]
         if self.peer is not None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .report import BACKENDS, BenchReport, Config, Peak, Timing
@@ -28,7 +29,7 @@ def check_backends(names: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
-def check_config(config: Config, threads: int, repeats: int) -> None:
+def check_config(config: Config, threads: int, repeats: int, rounds: int = 1) -> None:
     from ..model import MIN_INPUT_SIZE
     from ..registry import get_spec
 
@@ -36,7 +37,8 @@ def check_config(config: Config, threads: int, repeats: int) -> None:
         get_spec(config.model)
     if config.input_size < MIN_INPUT_SIZE:
         raise ValueError(f"--input-size {config.input_size} is too small: MobileNets need at least {MIN_INPUT_SIZE}")
-    for name, value in (("batch-size", config.batch_size), ("threads", threads), ("repeats", repeats)):
+    for name, value in (("batch-size", config.batch_size), ("threads", threads), ("repeats", repeats),
+                        ("rounds", rounds)):
         if value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}")
 
@@ -115,6 +117,16 @@ def higher_peak(a: Peak | None, b: Peak) -> Peak:
     return Peak(*best, size=a.size)
 
 
+def median_timing(rounds: Sequence[Timing]) -> Timing:
+    """One backend's rounds as one timing: the medians over the rounds of each round's median and
+    90th percentile (rounds where it was unavailable left out)."""
+    ran = [t for t in rounds if t.available]
+    if not ran:
+        return rounds[0]
+    return replace(ran[0], median_ms=statistics.median(t.median_ms for t in ran),
+                   p90_ms=statistics.median(t.p90_ms for t in ran))
+
+
 def run_bench(
     config: Config,
     backends: Sequence[str] | None = None,
@@ -122,30 +134,37 @@ def run_bench(
     threads: int | None = None,
     repeats: int = 30,
     warmup: int = 3,
+    rounds: int = 1,
     peer: bool = True,
     peak: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Time ``config`` on each backend, the peer and the GEMM peak, one process after another."""
+    """Time ``config`` on each backend, the peer and the GEMM peak, one process after another.
+
+    With ``rounds`` > 1 every backend and the peer are timed that many times, in the reverse order
+    every other round, and each reports the median over its rounds: on a shared host whose speed
+    drifts, the backends then see the same mix of fast and slow minutes.
+    """
     from ..cost import profile
 
     names = check_backends(backends)
     threads = default_threads() if threads is None else threads
-    check_config(config, threads, repeats)
+    check_config(config, threads, repeats, rounds)
     report = profile(config.build(), config.input_size)
     say = progress or (lambda _: None)
     peak_result = None
     if peak:  # measured before and after the backends, the higher kept (see ``higher_peak``)
         say("measuring the GEMM peak ...")
         peak_result = measure_peak(threads)
-    results = []
-    for name in names:
-        say(f"timing {name} ...")
-        results += time_backend(name, [config], threads=threads, repeats=repeats, warmup=warmup)
-    peer_timing = None
-    if peer:
-        say("timing the peer ...")
-        peer_timing = time_backend("peer", [config], threads=threads, repeats=repeats, warmup=warmup)[0]
+    jobs = (*names, "peer") if peer else names
+    runs: dict[str, list[Timing]] = {name: [] for name in jobs}
+    for r in range(rounds):
+        for name in jobs if r % 2 == 0 else jobs[::-1]:
+            say(f"timing {'the peer' if name == 'peer' else name}"
+                + (f" (round {r + 1} of {rounds})" if rounds > 1 else "") + " ...")
+            runs[name] += time_backend(name, [config], threads=threads, repeats=repeats, warmup=warmup)
+    results = [median_timing(runs[name]) for name in names]
+    peer_timing = median_timing(runs["peer"]) if peer else None
     if peak:
         say("measuring the GEMM peak again ...")
         peak_result = higher_peak(peak_result, measure_peak(threads))
@@ -153,4 +172,4 @@ def run_bench(
     if threads > default_threads():
         notes.append(f"{threads} threads on {default_threads()} CPUs: timings are oversubscribed")
     return BenchReport(config, threads, repeats, report.macs, report.params, tuple(results), peer_timing,
-                       peak_result, tuple(notes))
+                       peak_result, tuple(notes), rounds)
