@@ -201,6 +201,8 @@ def main() -> int:
     p.add_argument("--no-latency", action="store_true", help="only the accuracy part")
     p.add_argument("--out", default="runs/mobile")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     out = Path(args.out)
     files = out / "files"
     files.mkdir(parents=True, exist_ok=True)
