@@ -15,7 +15,9 @@ the LiteRT interpreter's ``num_threads``, and the OpenMP variables).
 Nothing else of the benchmark runs while one is timed, and no backend inherits another's
 thread pools, caches or compiled code. Timing: warm-up (at least ``warmup`` calls and one
 second), then ``repeats`` calls timed one by one with ``time.perf_counter``; median and 90th
-percentile are reported. Export and compilation happen before warm-up and are not timed.
+percentile are reported. Export and compilation happen before warm-up and are not timed. With
+``rounds`` > 1 the backends and the peer are timed that many times, in the reverse order every
+other round, and each reports its medians over the rounds (a shared host's speed drifts).
 
 The package: ``report.py`` (backends, configurations, timings, the report), ``run.py`` (the parent
 side), ``worker.py`` (the process that times; not imported here, so that
