@@ -185,14 +185,14 @@ def test_rounds_alternate_the_order_and_report_medians(monkeypatch, capsys):
         return [bench.Timing(backend, configs[0], True, median_ms=ms, p90_ms=ms + 0.5)]
 
     monkeypatch.setattr("mobilenets.bench.run.time_backend", drifting)
-    report = bench.run_bench(bench.Config("mobilenet_v1", 0.25, 32), ["eager", "ort"], threads=1, repeats=1,
+    report = bench.run_bench(bench.Config("mobilenet_v1", 0.25, 32), ["eager", "ort"], threads=1, repeats=20,
                              rounds=3, peak=False)
     assert calls == ["eager", "ort", "peer", "peer", "ort", "eager", "eager", "ort", "peer"]
     eager, ort = report.results
     assert eager.median_ms == 6.0 and eager.p90_ms == 6.5  # rounds at 1, 6 and 7 ms
     assert ort.median_ms == 6.5 and ort.available  # 5 and 8 ms: the unavailable round left out
     assert report.peer.median_ms == 4.0 and report.rounds == 3
-    assert "in each of 3 rounds (medians over the rounds)" in report.format()
+    assert "20 timed runs each per round, 3 rounds (their medians shown)" in report.format()
     assert report.to_dict()["rounds"] == 3
     with pytest.raises(ValueError, match="--rounds must be at least 1"):
         bench.run_bench(bench.Config("mobilenet_v1"), ["eager"], threads=1, rounds=0)

@@ -176,7 +176,7 @@ class BenchReport:
         lines = [
             f"{c.model} x{c.width_mult:g} at {c.input_size}x{c.input_size}, batch {c.batch_size}, "
             f"{self.threads} thread(s), {self.repeats} timed runs each"
-            f"{f' in each of {self.rounds} rounds (medians over the rounds)' if self.rounds > 1 else ''}: "
+            f"{f' per round, {self.rounds} rounds (their medians shown)' if self.rounds > 1 else ''}: "
             f"{self.macs / 1e6:,.1f} M mult-adds, "
             f"{self.params / 1e6:.2f} M params per image",
         ]
