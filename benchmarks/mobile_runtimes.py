@@ -30,7 +30,7 @@ from pathlib import Path
 from int8_choice import accuracy
 
 from mobilenets import create_model
-from mobilenets.bench import BACKENDS, Config, check_backends, time_backend, time_exported
+from mobilenets.bench import BACKENDS, Config, Timing, check_backends, median_timing, time_backend, time_exported
 from mobilenets.bench.worker import export_for_backend
 from mobilenets.evaluate import evaluate_data
 from mobilenets.export import export_model, load_source
@@ -83,15 +83,16 @@ def measure_latency(models, backends, threads, repeats, rounds, files: Path) -> 
 
 
 def medians(rows: list[dict]) -> list[dict]:
-    """One row per (model, backend, threads): the median over the rounds of each round's median."""
+    """One row per (model, backend, threads), its rounds combined by ``bench.median_timing``."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["backend"], r["threads"]), []).append(r)
     out = []
     for runs in groups.values():
-        times = [r["median_ms"] for r in runs if r["available"]]
-        out.append({**runs[0], "available": bool(times), "median_ms": statistics.median(times) if times else None,
-                    "rounds_ms": times})
+        combined = median_timing([Timing(r["backend"], Config(r["model"]), r["available"], median_ms=r["median_ms"],
+                                         p90_ms=r["p90_ms"]) for r in runs])
+        out.append({**runs[0], "available": combined.available, "median_ms": combined.median_ms,
+                    "p90_ms": combined.p90_ms})
     return out
 
 
@@ -129,7 +130,7 @@ def targets(rows: list[dict], models, threads) -> str:
     by_round: dict[int, dict] = {}
     for r in rows:
         if r["available"]:
-            by_round.setdefault(r.get("round", 0), {})[(r["model"], r["backend"], r["threads"])] = r["median_ms"]
+            by_round.setdefault(r["round"], {})[(r["model"], r["backend"], r["threads"])] = r["median_ms"]
     lines = []
     for m in models:
         for t in threads:

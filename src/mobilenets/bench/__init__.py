@@ -31,6 +31,7 @@ from .run import (
     default_threads,
     higher_peak,
     measure_peak,
+    median_timing,
     run_bench,
     run_worker,
     time_backend,
@@ -40,6 +41,6 @@ from .studies import ConvComparison, format_sweep, run_compare_conv, run_sweep, 
 
 __all__ = [
     "BACKENDS", "Backend", "BenchReport", "Config", "ConvComparison", "Peak", "Timing", "check_backends",
-    "check_config", "default_threads", "format_sweep", "higher_peak", "measure_peak", "run_bench",
+    "check_config", "default_threads", "format_sweep", "higher_peak", "measure_peak", "median_timing", "run_bench",
     "run_compare_conv", "run_sweep", "run_worker", "sweep_configs", "time_backend", "time_exported", "write_sweep",
 ]
