@@ -124,9 +124,21 @@ def test_unrecognised_state_dict(tmp_path):
 
 
 def test_weights_only_refuses_pickled_objects(tmp_path):
-    torch.save({"model": object()}, tmp_path / "w.pt")
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "w.pt")
+    torch.save(torchvision.models.mobilenet_v3_small(), tmp_path / "w.pt")  # the whole model, not its state dict
+    for num_classes in (1000, 5):  # loading as it is, and fine-tuning
+        with pytest.raises(ValueError) as info:
+            mobilenets.create_model("mobilenet_v3_small", weights=tmp_path / "w.pt", num_classes=num_classes)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / 'w.pt'} holds a pickled Python object "
+                                  "(torchvision.models.mobilenetv3.MobileNetV3), not tensors: save model.state_dict()")
+        assert "\n" not in message and "\x1b" not in message and "weights_only` argument" not in message
+
+
+def test_corrupt_weights_file_names_the_fault_not_torchs_advice(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError) as info:
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "bad.pt")
+    assert str(info.value) == f"{tmp_path / 'bad.pt'} is not a readable PyTorch checkpoint (Unsupported operand 110)"
 
 
 def test_finetuning_reinitialises_a_classifier_for_other_classes(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -61,11 +62,27 @@ def load_torch(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # arbitrary bytes fail the unpickler in many ways (a KeyError for "junk")
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        reason = text or type(e).__name__
-        if text and not isinstance(e, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)):
-            reason = f"{type(e).__name__}: {text}"  # the type says what the bare text does not
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+        raise ValueError(_load_error(path, e)) from None
+
+
+def _load_error(path: Path, e: Exception) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused. torch's own text for the
+    refusal is a paragraph of advice (with terminal colour codes) around the one fact that
+    matters, which follows ``WeightsUnpickler error:``."""
+    text = str(e).strip()
+    refused = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if refused:
+        fact = refused.group(1).strip()
+        pickled = re.match(r"Unsupported global: GLOBAL (\S+)", fact)
+        if pickled:  # torch.save(model): the file needs that class's code to load, and would run it
+            return (f"{path} holds a pickled Python object ({pickled.group(1)}), not tensors: save "
+                    f"model.state_dict() instead (checkpoints are read with weights_only=True, so no code in "
+                    f"them runs)")
+        return f"{path} is not a readable PyTorch checkpoint ({fact})"
+    reason = text.splitlines()[0] if text else type(e).__name__
+    if text and not isinstance(e, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)):
+        reason = f"{type(e).__name__}: {reason}"  # the type says what the bare text does not
+    return f"{path} is not a readable PyTorch checkpoint ({reason})"
 
 
 def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -147,8 +147,9 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
     Everything is loaded but a classifier for another class count (re-initialised) and a stem
     for another channel count (adapted); see ``convert_state_dict``.
     """
+    state = read_checkpoint(path)["model"]
     try:
-        converted, notes = convert_state_dict(read_checkpoint(path)["model"], model, finetune=True)
+        converted, notes = convert_state_dict(state, model, finetune=True)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     model.load_state_dict(converted, strict=False)
