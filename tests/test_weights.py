@@ -61,6 +61,18 @@ def test_plain_state_dict_loads(tmp_path):
     mobilenets.create_model("mobilenet_v1", width_mult=0.25, weights=tmp_path / "sd.pt")
 
 
+def test_trainer_checkpoints_load_as_timm_reads_them(tmp_path):
+    """A timm training checkpoint (EMA weights preferred) saved from a compiled model under DDP."""
+    raw, ema = (randomize_batchnorm(torchvision.models.mobilenet_v3_small(), seed=s) for s in (0, 1))
+    wrapped = {f"module._orig_mod.{k}": v for k, v in ema.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": raw.state_dict(), "state_dict_ema": wrapped}, tmp_path / "t.pth")
+    ours = mobilenets.create_model("mobilenet_v3_small", weights=tmp_path / "t.pth").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - ema(x)).abs().max() < 1e-4
+        assert (ours(x) - raw(x)).abs().max() > 1e-3  # the EMA weights, not the raw ones
+
+
 def test_features_only_loads_classifier_weights(tmp_path):
     peer = randomize_batchnorm(torchvision.models.mobilenet_v3_small())
     torch.save(peer.state_dict(), tmp_path / "p.pth")

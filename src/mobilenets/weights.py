@@ -28,17 +28,31 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a weights file and return it as a dict; a bare state dict becomes ``{"model": sd}``.
 
     Training checkpoints of this package are dicts with ``model`` (the state dict) and more
-    (``class_names``, ``model_args``, ``data``); ``state_dict`` is accepted as a synonym.
+    (``class_names``, ``model_args``, ``data``). Other trainers' files are read as timm's
+    ``load_state_dict`` reads them: the EMA weights where the file has them (``state_dict_ema``,
+    ``model_ema``), else ``state_dict`` or ``model``; and the wrappers' key prefixes are dropped
+    (``module.`` from DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``).
     """
     obj = load_torch(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    for key in ("model", "state_dict"):
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj.get(key), Mapping):
-            return {**obj, "model": obj[key]}
+            return {**obj, "model": _unwrapped(obj[key])}
     if obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return {"model": dict(obj)}
+        return {"model": _unwrapped(obj)}
     raise ValueError(f"{path} holds no state dict (keys: {', '.join(map(str, list(obj)[:5]))})")
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
+
+
+def _unwrapped(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state_dict`` without the prefix a wrapper put on every key (repeatedly: DDP of a compiled model)."""
+    state = dict(state_dict)
+    while state and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def detect_format(state_dict: Mapping[str, Tensor]) -> str:
