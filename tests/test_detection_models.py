@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 from model_helpers import randomize_batchnorm
+from safetensors.torch import save_file
 
 import mobilenets
 from mobilenets.detection.anchors import box_matching, fit_box_scales
@@ -80,13 +81,15 @@ def test_default_boxes_fitted_to_small_objects():
     assert fit_box_scales(torch.zeros(0, 4), spec, maps, 320) == (0.2, 0.95)  # no boxes: SSD's own
 
 
-def test_torchvision_ssdlite_weights_give_the_same_detections(tmp_path):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_ssdlite_weights_give_the_same_detections(tmp_path, suffix):
     tv = randomize_batchnorm(torchvision.models.detection.ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None))
     assert sum(p.numel() for p in tv.parameters()) == 3_440_060
-    torch.save(tv.state_dict(), tmp_path / "ssdlite.pth")
+    path = tmp_path / f"ssdlite{suffix}"
+    (save_file if suffix == ".safetensors" else torch.save)(tv.state_dict(), path)
     ours = mobilenets.create_model("ssdlite_mobilenet_v3_large", reduced_tail=True, num_classes=91,
-                                   weights=tmp_path / "ssdlite.pth").eval()
+                                   weights=path).eval()
     assert sum(p.numel() for p in ours.parameters()) == 3_440_060
     images = [torch.rand(3, 320, 320), torch.rand(3, 240, 400)]
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from cli_helpers import assert_one_line_error, run_cli
 from datasets import image_folder
+from safetensors.torch import save_file
 
 import mobilenets
 from mobilenets.finetune import freeze_backbone, is_backbone, train_mode
@@ -26,7 +27,11 @@ def tv_v3_small(tmp_path):
     return path
 
 
-def test_torchvision_v3_small_fine_tunes_on_a_five_class_folder(tmp_path, tv_v3_small, capsys):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])  # torchvision's downloads; the Hub's format
+def test_torchvision_v3_small_fine_tunes_on_a_five_class_folder(tmp_path, suffix, capsys):
+    tv_v3_small = tmp_path / f"mobilenet_v3_small-1000{suffix}"
+    state = torchvision.models.mobilenet_v3_small().state_dict()  # torchvision's own format, 1000 classes
+    (save_file if suffix == ".safetensors" else torch.save)(state, tv_v3_small)
     root = image_folder(tmp_path / "d", classes=5, per_class=8, size=40)
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", "--model", "mobilenet_v3_small", "--weights", tv_v3_small,
@@ -84,6 +89,8 @@ def test_grey_folder_from_an_rgb_file(tmp_path, tv_v3_small, capsys):
 @pytest.mark.parametrize("make, extra, message", [
     (lambda p: p / "missing.pt", [], "weights file not found"),
     (lambda p: (p / "bad.pt").write_bytes(b"garbage") and p / "bad.pt", [], "not a readable PyTorch checkpoint"),
+    (lambda p: torch.save(torchvision.models.mobilenet_v3_small(), p / "whole.pt") or p / "whole.pt", [],
+     "holds a pickled Python object (torchvision.models.mobilenetv3.MobileNetV3), not tensors"),
     (lambda p: torch.save(torchvision.models.mobilenet_v2().state_dict(), p / "v2.pt") or p / "v2.pt", [],
      "torchvision checkpoint does not fit mobilenet_v3_small"),
     (None, ["--freeze-backbone"], "--freeze-backbone and --backbone-lr-scale need --weights or --weights-backbone"),

@@ -5,9 +5,10 @@ import timm
 import torch
 import torchvision
 from model_helpers import randomize_batchnorm
+from safetensors.torch import save_file
 
 import mobilenets
-from mobilenets.weights import adapt_input_conv, detect_format
+from mobilenets.weights import _in_module_order, adapt_input_conv, detect_format
 
 PEERS = {
     "mobilenet_v1": lambda: timm.create_model("mobilenetv1_100", pretrained=False),
@@ -17,11 +18,22 @@ PEERS = {
 }
 
 
+def save_peer(state_dict: dict, path, how: str) -> None:
+    """As the peers' files come: ``torch.save``, or safetensors (tensors stored sorted by name, so
+    the layer order is lost), with or without BatchNorm's ``num_batches_tracked``."""
+    if how == "torch":
+        torch.save(state_dict, path)
+    else:
+        keep = how == "safetensors" or (lambda k: not k.endswith("num_batches_tracked"))
+        save_file({k: v for k, v in state_dict.items() if keep is True or keep(k)}, path)
+
+
+@pytest.mark.parametrize("how", ["torch", "safetensors", "safetensors, no num_batches_tracked"])
 @pytest.mark.parametrize("name", list(PEERS))
-def test_peer_weights_give_same_logits(name, tmp_path):
+def test_peer_weights_give_same_logits(name, how, tmp_path):
     peer = randomize_batchnorm(PEERS[name]())
-    path = tmp_path / "peer.pth"
-    torch.save(peer.state_dict(), path)
+    path = tmp_path / ("peer.pth" if how == "torch" else "model.safetensors")
+    save_peer(peer.state_dict(), path, how)
     ours = mobilenets.create_model(name, weights=path).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
@@ -127,6 +139,21 @@ def test_truncated_weights_file(tmp_path):
     (tmp_path / "w.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         mobilenets.create_model("mobilenet_v1", width_mult=0.25, weights=tmp_path / "w.pt")
+
+
+def test_foreign_tensors_are_put_back_in_their_models_order():
+    """safetensors files store their tensors sorted by name; the models' own order is recovered."""
+    peers = [factory() for factory in PEERS.values()]
+    peers.append(torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None))
+    for peer in peers:
+        state = peer.state_dict()
+        assert list(_in_module_order(dict(sorted(state.items())))) == list(state)
+
+
+def test_corrupt_safetensors_file(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ValueError, match=r"w.safetensors is not a readable safetensors file \(.+\)$"):
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / "w.safetensors")
 
 
 def test_unrecognised_state_dict(tmp_path):

@@ -398,9 +398,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides["box_scales"] = tuple(args.box_scales)
     start = args.weights or args.weights_backbone
     if start:
-        from .files import load_torch
+        from .weights import read_checkpoint
 
-        load_torch(start)  # a missing or unreadable file fails now, not after the data is loaded
+        read_checkpoint(start)  # a missing or unreadable file fails now, not after the data is loaded
     elif args.freeze_backbone or args.backbone_lr_scale is not None:
         raise CliError("--freeze-backbone and --backbone-lr-scale need --weights or --weights-backbone FILE "
                        "(fine-tuning)")

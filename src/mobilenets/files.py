@@ -65,6 +65,31 @@ def load_torch(path: str | os.PathLike) -> Any:
         raise ValueError(_load_error(path, e)) from None
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file (the format timm's and the Hugging Face Hub's weights
+    come in): its name says so, or it starts as one does, an 8-byte header length and ``{``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 27
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU, with a one-line error for a missing or corrupt file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+
+
 def _load_error(path: Path, e: Exception) -> str:
     """One line for a file ``torch.load(weights_only=True)`` refused. torch's own text for the
     refusal is a paragraph of advice (with terminal colour codes) around the one fact that

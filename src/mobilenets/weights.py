@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .files import load_torch, save_torch
+from .files import is_safetensors, load_safetensors, load_torch, save_torch
 
 # Keys that only each format has (classifier, detector), checked in this order.
 FORMAT_MARKERS = {
@@ -25,7 +25,8 @@ FORMAT_MARKERS = {
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a weights file and return it as a dict; a bare state dict becomes ``{"model": sd}``.
+    """Load a weights file (``torch.save`` or safetensors) and return it as a dict; a bare state
+    dict becomes ``{"model": sd}``.
 
     Training checkpoints of this package are dicts with ``model`` (the state dict) and more
     (``class_names``, ``model_args``, ``data``). Other trainers' files are read as timm's
@@ -33,6 +34,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ``model_ema``), else ``state_dict`` or ``model``; and the wrappers' key prefixes are dropped
     (``module.`` from DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``).
     """
+    if os.path.isfile(path) and is_safetensors(path):
+        return {"model": _in_module_order(_unwrapped(load_safetensors(path)))}
     obj = load_torch(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -53,6 +56,34 @@ def _unwrapped(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     while state and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
         state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+# The order in which torchvision's MobileNets (and SSDLite) and timm's MobileNet V1 register their
+# layers and tensors: foreign files map onto ours by position, and a safetensors file does not keep
+# the order (it stores its tensors sorted). A key's parts compare as numbers, or by rank here.
+MODULE_ORDER = {name: rank for rank, name in enumerate((
+    "backbone", "features", "extra", "block", "conv", "fc1", "fc2",  # torchvision
+    "conv_stem", "conv_dw", "bn1", "conv_pw", "bn2", "blocks",  # timm's mobilenetv1
+    "head", "classification_head", "regression_head", "module_list", "classifier",
+    "weight", "bias", "running_mean", "running_var", "num_batches_tracked",
+))}
+
+
+def _in_module_order(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A foreign state dict's tensors in its model's order (this package's own files map by name)."""
+    if not any(marker in state_dict for fmt, markers in FORMAT_MARKERS.items() if fmt != "mobilenets"
+               for marker in markers):
+        return state_dict
+
+    def position(key: str) -> list[tuple[int, int]]:
+        parts = key.split(".")
+        unknown = [p for p in parts if not p.isdigit() and p not in MODULE_ORDER]
+        if unknown:
+            raise ValueError(f"unrecognised weights: cannot place {key} ({unknown[0]!r} is not a layer of "
+                             "torchvision's or timm's MobileNets)")
+        return [(0, int(p)) if p.isdigit() else (1, MODULE_ORDER[p]) for p in parts]
+
+    return dict(sorted(state_dict.items(), key=lambda item: position(item[0])))
 
 
 def detect_format(state_dict: Mapping[str, Tensor]) -> str:
@@ -123,6 +154,8 @@ def _pairs(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[str, lis
             raise ValueError(f"checkpoint does not fit {what}: unexpected key {extra[0]}")
         return fmt, [(k, state_dict[k], k, t) for k, t in target.items()]
     source = list(state_dict.items())
+    if not any(k.endswith(".num_batches_tracked") for k in state_dict):  # optional, as BatchNorm treats it
+        target = {k: t for k, t in target.items() if not k.endswith(".num_batches_tracked")}
     if len(source) != len(target):
         extra = source[len(target)][0] if len(source) > len(target) else list(target)[len(source)]
         raise ValueError(
