@@ -10,11 +10,16 @@ from safetensors.torch import save_file
 import mobilenets
 from mobilenets.weights import _in_module_order, adapt_input_conv, detect_format
 
-PEERS = {
+PEERS = {  # our model -> its peer as torchvision or timm builds it
     "mobilenet_v1": lambda: timm.create_model("mobilenetv1_100", pretrained=False),
     "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(),
     "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(),
     "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
+}
+TIMM_PEERS = {  # timm's V2 and V3 (its V3 normalises with eps 1e-5: bn_eps gives its outputs)
+    "mobilenet_v2": ("mobilenetv2_100", {}),
+    "mobilenet_v3_large": ("mobilenetv3_large_100", {"bn_eps": 1e-5}),
+    "mobilenet_v3_small": ("mobilenetv3_small_100", {"bn_eps": 1e-5}),
 }
 
 
@@ -40,6 +45,30 @@ def test_peer_weights_give_same_logits(name, how, tmp_path):
         expected, got = peer(x), ours(x)
     assert expected.abs().max() > 1e-3  # the comparison is not between two zero tensors
     assert (got - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("how", ["torch", "safetensors"])
+@pytest.mark.parametrize("name", list(TIMM_PEERS))
+def test_timm_v2_v3_weights_give_same_logits(name, how, tmp_path):
+    timm_name, kwargs = TIMM_PEERS[name]
+    peer = randomize_batchnorm(timm.create_model(timm_name, pretrained=False))
+    path = tmp_path / ("peer.pth" if how == "torch" else "model.safetensors")
+    save_peer(peer.state_dict(), path, how)
+    ours = mobilenets.create_model(name, weights=path, **kwargs).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected, got = peer(x), ours(x)
+    assert expected.abs().max() > 1e-3
+    assert (got - expected).abs().max() < 1e-4 * max(1.0, expected.abs().max().item())
+
+
+def test_timm_v3_file_says_which_bn_eps_gives_timms_outputs(tmp_path):
+    torch.save(timm.create_model("mobilenetv3_small_100").state_dict(), tmp_path / "t.pth")
+    with pytest.warns(UserWarning, match=r"timm's MobileNets normalise with batch-norm eps 1e-05, this model with "
+                                         r"0.001: create it with bn_eps=1e-05"):
+        mobilenets.create_model("mobilenet_v3_small", weights=tmp_path / "t.pth")
+    with pytest.raises(ValueError, match=r"bn_eps must be in \(0, 1\), got 0"):
+        mobilenets.create_model("mobilenet_v3_small", bn_eps=0)
 
 
 def test_v1_relu_variant_matches_timm_relu(tmp_path):
@@ -143,7 +172,7 @@ def test_truncated_weights_file(tmp_path):
 
 def test_foreign_tensors_are_put_back_in_their_models_order():
     """safetensors files store their tensors sorted by name; the models' own order is recovered."""
-    peers = [factory() for factory in PEERS.values()]
+    peers = [factory() for factory in PEERS.values()] + [timm.create_model(n) for n, _ in TIMM_PEERS.values()]
     peers.append(torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None))
     for peer in peers:
         state = peer.state_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -46,6 +47,7 @@ class ModelArgs:
     reduced_tail: bool = False  # detectors on V3: C4-C5 halved (V3 Sec. 6.3)
     input_size: int | None = None  # detectors: the side images are resized to
     box_scales: tuple[float, float] | None = None  # detectors: smallest and largest default box; None: the spec's
+    bn_eps: float | None = None  # classifiers: batch norm's epsilon; None: the spec's (V3: 1e-3, timm's V3: 1e-5)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +82,7 @@ def create_model(
     reduced_tail: bool = False,
     input_size: int | None = None,
     box_scales: Sequence[float] | None = None,
+    bn_eps: float | None = None,
 ) -> nn.Module:
     """Build a MobileNet classifier or detector by name.
 
@@ -106,6 +109,9 @@ def create_model(
             for SSD).
         box_scales: detectors: the smallest and largest default box as fractions of the input
             side (SSD Sec. 2.2's s_min and s_max; default the spec's, 0.2 and 0.95).
+        bn_eps: classifiers: batch norm's epsilon (default the spec's: 1e-3 for V3, as its
+            reference code and torchvision; timm's V3 uses 1e-5, so its files give timm's outputs
+            with ``bn_eps=1e-5``).
 
     A classifier's input resolution is not an argument: any input of at least 32x32 works, and
     the resolution multiplier rho is the input size / 224 (V1 Sec. 3.4).
@@ -117,14 +123,15 @@ def create_model(
     if box_scales is not None:
         box_scales = check_box_scales(box_scales)
     args = ModelArgs(name, _check_width(width_mult), num_classes, in_chans, dropout, act, reduced_tail, input_size,
-                     box_scales)
+                     box_scales, bn_eps)
     _check_args(args, spec)
     if detector:
         model = build_detector(spec, MODELS[spec.backbone], width_mult=args.width_mult, num_classes=num_classes,
                                reduced=reduced_tail, input_size=input_size, box_scales=box_scales)
     else:
         model = MobileNet(
-            spec, width_mult=args.width_mult, num_classes=num_classes, in_chans=in_chans, dropout=dropout, act=act
+            spec if bn_eps is None else dataclasses.replace(spec, bn_eps=bn_eps),
+            width_mult=args.width_mult, num_classes=num_classes, in_chans=in_chans, dropout=dropout, act=act,
         )
     model.args = args
     if weights_backbone is not None:
@@ -154,8 +161,9 @@ def _is_count(value: object) -> bool:
 
 def _check_args(args: ModelArgs, spec: ModelSpec | DetectorSpec) -> None:
     if isinstance(spec, DetectorSpec):
-        if args.in_chans != 3 or args.dropout is not None or args.act is not None:
-            raise ValueError(f"{args.name} is a detector: it takes RGB images (in_chans 3) and has no dropout or act")
+        if args.in_chans != 3 or args.dropout is not None or args.act is not None or args.bn_eps is not None:
+            raise ValueError(f"{args.name} is a detector: it takes RGB images (in_chans 3) and has no dropout, act "
+                             "or bn_eps")
         if args.reduced_tail and not spec.backbone.startswith("mobilenet_v3"):
             raise ValueError(f"reduced_tail is for the V3 detectors (V3 Sec. 6.3), not {args.name}")
         if args.input_size is not None and (not _is_count(args.input_size) or args.input_size < MIN_INPUT_SIZE):
@@ -171,6 +179,8 @@ def _check_args(args: ModelArgs, spec: ModelSpec | DetectorSpec) -> None:
         raise ValueError(f"in_chans must be an integer >= 1, got {args.in_chans!r}")
     if args.dropout is not None and not (isinstance(args.dropout, numbers.Real) and 0 <= args.dropout < 1):
         raise ValueError(f"dropout must be in [0, 1), got {args.dropout!r}")
+    if args.bn_eps is not None and not (isinstance(args.bn_eps, numbers.Real) and 0 < args.bn_eps < 1):
+        raise ValueError(f"bn_eps must be in (0, 1), got {args.bn_eps!r}")
     if args.act is not None:
         if args.act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {args.act!r}; known: {', '.join(ACTIVATIONS)}")

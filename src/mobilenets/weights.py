@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .files import is_safetensors, load_safetensors, load_torch, save_torch
+from .state_order import in_module_order
 
 # Keys that only each format has (classifier, detector), checked in this order.
 FORMAT_MARKERS = {
@@ -58,32 +59,10 @@ def _unwrapped(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
-# The order in which torchvision's MobileNets (and SSDLite) and timm's MobileNet V1 register their
-# layers and tensors: foreign files map onto ours by position, and a safetensors file does not keep
-# the order (it stores its tensors sorted). A key's parts compare as numbers, or by rank here.
-MODULE_ORDER = {name: rank for rank, name in enumerate((
-    "backbone", "features", "extra", "block", "conv", "fc1", "fc2",  # torchvision
-    "conv_stem", "conv_dw", "bn1", "conv_pw", "bn2", "blocks",  # timm's mobilenetv1
-    "head", "classification_head", "regression_head", "module_list", "classifier",
-    "weight", "bias", "running_mean", "running_var", "num_batches_tracked",
-))}
-
-
 def _in_module_order(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A foreign state dict's tensors in its model's order (this package's own files map by name)."""
-    if not any(marker in state_dict for fmt, markers in FORMAT_MARKERS.items() if fmt != "mobilenets"
-               for marker in markers):
-        return state_dict
-
-    def position(key: str) -> list[tuple[int, int]]:
-        parts = key.split(".")
-        unknown = [p for p in parts if not p.isdigit() and p not in MODULE_ORDER]
-        if unknown:
-            raise ValueError(f"unrecognised weights: cannot place {key} ({unknown[0]!r} is not a layer of "
-                             "torchvision's or timm's MobileNets)")
-        return [(0, int(p)) if p.isdigit() else (1, MODULE_ORDER[p]) for p in parts]
-
-    return dict(sorted(state_dict.items(), key=lambda item: position(item[0])))
+    """A foreign state dict in its model's order (this package's own files map by name)."""
+    foreign = [m for fmt, markers in FORMAT_MARKERS.items() if fmt != "mobilenets" for m in markers]
+    return in_module_order(state_dict) if any(m in state_dict for m in foreign) else state_dict
 
 
 def detect_format(state_dict: Mapping[str, Tensor]) -> str:
@@ -96,6 +75,7 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
                      "torchvision or timm")
 
 
+TIMM_BN_EPS = 1e-5  # timm's MobileNets (V3 included; the V3 reference code and torchvision use 1e-3)
 STEM_KEY = "stem.conv.weight"
 CLASSIFIER_KEYS = ("classifier.weight", "classifier.bias")
 CLASS_HEAD = "head.classification_head."  # a detector's class logits, one layer per feature map
@@ -113,6 +93,11 @@ def convert_state_dict(
     """
     converted, notes = {}, []
     fmt, pairs = _pairs(state_dict, model)
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    if fmt == "timm" and eps != {TIMM_BN_EPS}:
+        ours = ", ".join(f"{e:g}" for e in sorted(eps))
+        notes.append(f"timm's MobileNets normalise with batch-norm eps {TIMM_BN_EPS:g}, this model with {ours}: "
+                     f"create it with bn_eps={TIMM_BN_EPS:g} for timm's outputs")
     for src_key, src, key, tensor in pairs:
         if finetune and src.shape != tensor.shape:
             if key in CLASSIFIER_KEYS and src.shape[1:] == tensor.shape[1:]:
@@ -130,6 +115,8 @@ def convert_state_dict(
                 how = "RGB filters summed" if tensor.shape[1] == 1 else "filters repeated and rescaled"
                 notes.append(f"stem adapted: {src_key} from {tuple(state_dict[src_key].shape)[1]} to "
                              f"{tensor.shape[1]} input channel(s) ({how}, as timm does)")
+        if src.dim() == 4 and tensor.dim() == 2 and src.shape == (*tensor.shape, 1, 1):
+            src = src.flatten(1)  # timm's V3 head: a 1x1 convolution where ours (as torchvision's) is linear
         if src.shape != tensor.shape:
             raise ValueError(
                 f"{fmt} checkpoint does not fit {_describe(model)}: {src_key} is {_shape(src)} in the file, "
