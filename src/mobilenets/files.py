@@ -71,6 +71,8 @@ def is_safetensors(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.suffix == ".safetensors":
         return True
+    if not path.is_file():
+        return False
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 27

@@ -35,7 +35,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ``model_ema``), else ``state_dict`` or ``model``; and the wrappers' key prefixes are dropped
     (``module.`` from DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``).
     """
-    if os.path.isfile(path) and is_safetensors(path):
+    if is_safetensors(path):
         return {"model": _in_module_order(_unwrapped(load_safetensors(path)))}
     obj = load_torch(path)
     if not isinstance(obj, Mapping):
