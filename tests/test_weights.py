@@ -1,5 +1,7 @@
 """Weights saved by torchvision and timm load into the matching models and give the same logits."""
 
+import contextlib
+
 import pytest
 import timm
 import torch
@@ -8,6 +10,7 @@ from model_helpers import randomize_batchnorm
 from safetensors.torch import save_file
 
 import mobilenets
+from mobilenets.predict import load_model
 from mobilenets.state_order import in_module_order
 from mobilenets.weights import adapt_input_conv, detect_format
 
@@ -17,11 +20,8 @@ PEERS = {  # our model -> its peer as torchvision or timm builds it
     "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(),
     "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
 }
-TIMM_PEERS = {  # timm's V2 and V3 (its V3 normalises with eps 1e-5: bn_eps gives its outputs)
-    "mobilenet_v2": ("mobilenetv2_100", {}),
-    "mobilenet_v3_large": ("mobilenetv3_large_100", {"bn_eps": 1e-5}),
-    "mobilenet_v3_small": ("mobilenetv3_small_100", {"bn_eps": 1e-5}),
-}
+TIMM_PEERS = {"mobilenet_v2": "mobilenetv2_100", "mobilenet_v3_large": "mobilenetv3_large_100",
+              "mobilenet_v3_small": "mobilenetv3_small_100"}
 
 
 def save_peer(state_dict: dict, path, how: str) -> None:
@@ -51,11 +51,11 @@ def test_peer_weights_give_same_logits(name, how, tmp_path):
 @pytest.mark.parametrize("how", ["torch", "safetensors"])
 @pytest.mark.parametrize("name", list(TIMM_PEERS))
 def test_timm_v2_v3_weights_give_same_logits(name, how, tmp_path):
-    timm_name, kwargs = TIMM_PEERS[name]
-    peer = randomize_batchnorm(timm.create_model(timm_name, pretrained=False))
+    peer = randomize_batchnorm(timm.create_model(TIMM_PEERS[name], pretrained=False))
     path = tmp_path / ("peer.pth" if how == "torch" else "model.safetensors")
     save_peer(peer.state_dict(), path, how)
-    ours = mobilenets.create_model(name, weights=path, **kwargs).eval()
+    with pytest.warns(UserWarning, match="eps 1e-05 as timm's") if "v3" in name else contextlib.nullcontext():
+        ours = mobilenets.create_model(name, weights=path).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         expected, got = peer(x), ours(x)
@@ -63,11 +63,23 @@ def test_timm_v2_v3_weights_give_same_logits(name, how, tmp_path):
     assert (got - expected).abs().max() < 1e-4 * max(1.0, expected.abs().max().item())
 
 
-def test_timm_v3_file_says_which_bn_eps_gives_timms_outputs(tmp_path):
-    torch.save(timm.create_model("mobilenetv3_small_100").state_dict(), tmp_path / "t.pth")
-    with pytest.warns(UserWarning, match=r"timm's MobileNets normalise with batch-norm eps 1e-05, this model with "
-                                         r"0.001: create it with bn_eps=1e-05"):
-        mobilenets.create_model("mobilenet_v3_small", weights=tmp_path / "t.pth")
+def test_timm_v3_weights_bring_timms_bn_eps(tmp_path):
+    """timm's V3 normalises with eps 1e-5, the reference code's (ours) with 1e-3: the file decides,
+    says so, and the checkpoints and exports made from the model keep it."""
+    peer = randomize_batchnorm(timm.create_model("mobilenetv3_small_100"))
+    torch.save(peer.state_dict(), tmp_path / "t.pth")
+    with pytest.warns(UserWarning, match=r"batch-norm eps 1e-05 as timm's \(the model's was 0.001\)"):
+        tuned = mobilenets.create_model("mobilenet_v3_small", num_classes=5, weights=tmp_path / "t.pth")
+    norms = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert tuned.args.bn_eps == 1e-5 and {m.eps for m in norms} == {1e-5}
+    mobilenets.save_weights(tuned, tmp_path / "tuned.pt")
+    loaded = load_model(tmp_path / "tuned.pt")  # rebuilt from the checkpoint's model arguments
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), tuned.eval()(x))
+    strict = load_model(model="mobilenet_v3_small", weights=tmp_path / "t.pth").model  # predict and export's load
+    with torch.no_grad():
+        assert (strict(x) - peer(x)).abs().max() < 1e-4
     with pytest.raises(ValueError, match=r"bn_eps must be in \(0, 1\), got 0"):
         mobilenets.create_model("mobilenet_v3_small", bn_eps=0)
 
@@ -173,7 +185,7 @@ def test_truncated_weights_file(tmp_path):
 
 def test_foreign_tensors_are_put_back_in_their_models_order():
     """safetensors files store their tensors sorted by name; the models' own order is recovered."""
-    peers = [factory() for factory in PEERS.values()] + [timm.create_model(n) for n, _ in TIMM_PEERS.values()]
+    peers = [factory() for factory in PEERS.values()] + [timm.create_model(n) for n in TIMM_PEERS.values()]
     peers.append(torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None))
     for peer in peers:
         state = peer.state_dict()

@@ -110,8 +110,7 @@ def create_model(
         box_scales: detectors: the smallest and largest default box as fractions of the input
             side (SSD Sec. 2.2's s_min and s_max; default the spec's, 0.2 and 0.95).
         bn_eps: classifiers: batch norm's epsilon (default the spec's: 1e-3 for V3, as its
-            reference code and torchvision; timm's V3 uses 1e-5, so its files give timm's outputs
-            with ``bn_eps=1e-5``).
+            reference code and torchvision). timm's weights bring timm's, 1e-5.
 
     A classifier's input resolution is not an argument: any input of at least 32x32 works, and
     the resolution multiplier rho is the input size / 224 (V1 Sec. 3.4).

@@ -8,6 +8,7 @@ name, so a checkpoint of another architecture, width or class count fails loudly
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -93,11 +94,6 @@ def convert_state_dict(
     """
     converted, notes = {}, []
     fmt, pairs = _pairs(state_dict, model)
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
-    if fmt == "timm" and eps != {TIMM_BN_EPS}:
-        ours = ", ".join(f"{e:g}" for e in sorted(eps))
-        notes.append(f"timm's MobileNets normalise with batch-norm eps {TIMM_BN_EPS:g}, this model with {ours}: "
-                     f"create it with bn_eps={TIMM_BN_EPS:g} for timm's outputs")
     for src_key, src, key, tensor in pairs:
         if finetune and src.shape != tensor.shape:
             if key in CLASSIFIER_KEYS and src.shape[1:] == tensor.shape[1:]:
@@ -168,10 +164,7 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load a weights file of any supported format into ``model``; return the whole checkpoint."""
     checkpoint = read_checkpoint(path)
-    try:
-        model.load_state_dict(convert_state_dict(checkpoint["model"], model)[0])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    _load(model, checkpoint["model"], path, finetune=False)
     return checkpoint
 
 
@@ -181,13 +174,32 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
     Everything is loaded but a classifier for another class count (re-initialised) and a stem
     for another channel count (adapted); see ``convert_state_dict``.
     """
-    state = read_checkpoint(path)["model"]
+    return _load(model, read_checkpoint(path)["model"], path, finetune=True)
+
+
+def _load(model: nn.Module, state: Mapping[str, Tensor], path: str | os.PathLike, finetune: bool) -> list[str]:
     try:
-        converted, notes = convert_state_dict(state, model, finetune=True)
+        converted, notes = convert_state_dict(state, model, finetune=finetune)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    model.load_state_dict(converted, strict=False)
+    model.load_state_dict(converted, strict=not finetune)
+    if detect_format(state) == "timm":
+        notes += _take_timm_bn_eps(model)
     return notes
+
+
+def _take_timm_bn_eps(model: nn.Module) -> list[str]:
+    """Give ``model`` timm's batch-norm epsilon, so that timm's weights give timm's outputs (its V3
+    normalises with 1e-5 where the reference code, torchvision and this package use 1e-3)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = sorted({m.eps for m in norms})
+    if before == [TIMM_BN_EPS]:
+        return []
+    for m in norms:
+        m.eps = TIMM_BN_EPS
+    if getattr(model, "args", None) is not None:  # the checkpoints it is saved in rebuild it so
+        model.args = dataclasses.replace(model.args, bn_eps=TIMM_BN_EPS)
+    return [f"batch-norm eps {TIMM_BN_EPS:g} as timm's (the model's was {', '.join(f'{e:g}' for e in before)})"]
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, **extra: Any) -> None:
