@@ -21,17 +21,17 @@ TINY = dict(width_mult=1.0, input_size=32, batch_size=8, epochs=1)
 
 
 @pytest.fixture
-def tv_v3_small(tmp_path):
-    path = tmp_path / "mobilenet_v3_small-1000.pth"
-    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)  # torchvision's own format, 1000 classes
+def tv_v3_small(tmp_path, request):
+    """torchvision's own format, 1000 classes: a ``.pth`` as torchvision downloads it, or (parametrized) the
+    Hub's ``.safetensors``."""
+    suffix = getattr(request, "param", ".pth")
+    path = tmp_path / f"mobilenet_v3_small-1000{suffix}"
+    (save_file if suffix == ".safetensors" else torch.save)(torchvision.models.mobilenet_v3_small().state_dict(), path)
     return path
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])  # torchvision's downloads; the Hub's format
-def test_torchvision_v3_small_fine_tunes_on_a_five_class_folder(tmp_path, suffix, capsys):
-    tv_v3_small = tmp_path / f"mobilenet_v3_small-1000{suffix}"
-    state = torchvision.models.mobilenet_v3_small().state_dict()  # torchvision's own format, 1000 classes
-    (save_file if suffix == ".safetensors" else torch.save)(state, tv_v3_small)
+@pytest.mark.parametrize("tv_v3_small", [".pth", ".safetensors"], indirect=True)
+def test_torchvision_v3_small_fine_tunes_on_a_five_class_folder(tmp_path, tv_v3_small, capsys):
     root = image_folder(tmp_path / "d", classes=5, per_class=8, size=40)
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", "--model", "mobilenet_v3_small", "--weights", tv_v3_small,

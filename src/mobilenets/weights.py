@@ -62,8 +62,11 @@ def _unwrapped(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _in_module_order(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """A foreign state dict in its model's order (this package's own files map by name)."""
-    foreign = [m for fmt, markers in FORMAT_MARKERS.items() if fmt != "mobilenets" for m in markers]
-    return in_module_order(state_dict) if any(m in state_dict for m in foreign) else state_dict
+    try:
+        foreign = detect_format(state_dict) != "mobilenets"
+    except ValueError:  # unrecognised: reported where the file is mapped onto a model
+        return state_dict
+    return in_module_order(state_dict) if foreign else state_dict
 
 
 def detect_format(state_dict: Mapping[str, Tensor]) -> str:
