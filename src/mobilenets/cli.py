@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="detectors: write each image with its boxes drawn into DIR")
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
-    p = _subparser(sub, "train", "train a model from scratch (or resume a run)")
+    p = _subparser(sub, "train", "train a model from scratch or fine-tune it from weights (or resume a run)")
     _add_train_args(p)
 
     p = _subparser(sub, "eval", "top-1, top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
