@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +50,15 @@ def image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img[..., 0] if channels == 1 else img).save(folder / f"{i:04d}.png")
     return root
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` grey pixels and carries almost none: the header of a
+    decompression bomb (the real one would inflate a few KB of zeros to gigabytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -75,6 +75,17 @@ def test_predict_imagenet_names(capsys, images):
     assert code == 0 and len(out.splitlines()) == 6
 
 
+def test_predict_takes_folders_and_top_k(capsys, tmp_path, images):
+    (tmp_path / "notes.txt").write_text("not an image")
+    argv = ["predict", "--model", "mobilenet_v3_small", "--input-size", "64"]
+    code, out, _ = run_cli(capsys, *argv, "--top-k", "2", str(tmp_path))
+    assert code == 0 and out.splitlines()[::3] == sorted(images)  # each image once, then its 2 classes
+    for k in ("0", "-1"):
+        assert_one_line_error(*run_cli(capsys, *argv, "--top-k", k, images[0])[::2], "--top-k must be at least 1")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(*run_cli(capsys, *argv, str(tmp_path / "empty"))[::2], "no images in folder")
+
+
 @pytest.mark.parametrize(
     "argv, pattern",
     [

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from datasets import image_folder
+from datasets import image_folder, png_header
+from PIL import Image
 
 from mobilenets.adapt import DataFacts
 from mobilenets.data import BatchAugment, folder_train_transform, load_data, read_idx
@@ -116,6 +117,55 @@ def test_corrupt_and_non_image_files_are_reported_not_fatal(tmp_path, capfd):
     assert bundle.train[broken] is None
     err = capfd.readouterr().err
     assert "warning: cannot read image" in err and "broken.png" in err and "skipped" in err
+
+
+def test_a_subset_of_a_folder_spans_its_classes(tmp_path):
+    root = image_folder(tmp_path / "d", per_class=20)
+    bundle = load_data(str(root), subset=30)  # the files are read class by class; the first 30 were class_0's
+
+    def labels(split):
+        return [split.dataset.samples[i][1] for i in split.indices]
+
+    assert set(labels(bundle.train)) == {0, 1, 2} and len(set(labels(bundle.val))) >= 2
+    assert labels(load_data(str(root), subset=30).train) == labels(bundle.train)  # seeded
+    assert labels(load_data(str(root), subset=30, seed=1).train) != labels(bundle.train)
+
+
+def test_colour_in_any_class_makes_a_colour_folder(tmp_path):
+    root = image_folder(tmp_path / "d", classes=2, per_class=20, channels=1)  # grey classes class_0, class_1
+    for split in ("train", "val"):
+        (root / split / "colour").mkdir()
+        for i in range(6):
+            Image.new("RGB", (40, 40), (200, 30, i * 40)).save(root / split / "colour" / f"{i}.png")
+    bundle = load_data(str(root))
+    assert bundle.class_names == ["class_0", "class_1", "colour"] and bundle.in_chans == 3
+
+
+def test_hidden_folders_are_not_classes_and_empty_classes_are_refused(tmp_path):
+    root = image_folder(tmp_path / "d")
+    for split in ("train", "val"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (40, 40)).save(root / split / ".ipynb_checkpoints" / "x.png")
+    assert load_data(str(root)).class_names == ["class_0", "class_1", "class_2"]
+    for split in ("train", "val"):
+        (root / split / "zempty").mkdir()
+    with pytest.raises(ValueError, match="class folder.* without images: zempty"):
+        load_data(str(root))
+
+
+def test_val_split_with_a_val_folder_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="has val/.*--val-split is for folders without one"):
+        load_data(str(image_folder(tmp_path / "d")), val_split=0.5)
+
+
+def test_a_decompression_bomb_in_a_folder_is_skipped(tmp_path, capfd):
+    root = image_folder(tmp_path / "d")
+    (root / "train" / "class_0" / "bomb.png").write_bytes(png_header(20_000, 20_000))
+    bundle = load_data(str(root))
+    bomb = [i for i, (p, _) in enumerate(bundle.train.samples) if p.endswith("bomb.png")][0]
+    assert bundle.train[bomb] is None
+    err = capfd.readouterr().err
+    assert "cannot read image" in err and "bomb.png" in err and "skipped" in err
 
 
 def test_batch_augment_is_per_image_and_keeps_content():

@@ -47,6 +47,18 @@ def test_export_matches_pytorch_at_any_batch(tmp_path, name, fmt):
         assert "BatchNormalization" not in ops
 
 
+def test_the_tolerance_grows_with_the_logits(tmp_path):
+    # A trained classifier's logits reach 10 to 50, where float32 rounding alone passes 1e-4.
+    model = small_model("mobilenet_v1")
+    with torch.no_grad():
+        model.classifier.weight.mul_(1000)
+        largest = model(torch.randn(3, 3, SIZE, SIZE)).abs().max().item()
+    assert largest > 10
+    result = export(model, tmp_path / "m.onnx", "onnx")
+    assert result.limit == pytest.approx(ex.FP32_TOLERANCE * largest, rel=0.5)
+    assert result.max_diff <= result.limit
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_torch_formats(tmp_path, name, fmt):

@@ -1,18 +1,19 @@
 """``mobilenets serve`` as a client sees it: a real server on a free loopback port, real HTTP."""
 
+import concurrent.futures
 import io
 import random
 import re
-import struct
+import socket
 import threading
 import time
-import zlib
 
 import httpx
 import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_cli
+from datasets import png_header
 from PIL import Image
 from serving import Server, png_bytes, samples
 
@@ -68,18 +69,6 @@ def test_health_page_and_metrics(server):
         assert name in metrics.text, name
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` grey pixels and carries almost none: the header of a
-    decompression bomb (the real one would inflate a few KB of zeros to gigabytes)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 PNG = {"Content-Type": "image/png"}
 BAD_INPUTS = {
     "non-image bytes": (b"this is not an image", PNG, 400, "not_an_image"),
@@ -92,6 +81,7 @@ BAD_INPUTS = {
     "too elongated": (png_bytes(500, 10), PNG, 400, "too_elongated"),
     "body over the size limit": (b"\0" * int(MAX_BODY_MB * 1e6 + 1), PNG, 413, "body_too_large"),
     "bad top_k": ("valid", PNG, 400, "bad_top_k"),
+    "top_k a superscript digit": ("valid", PNG, 400, "bad_top_k"),
     "bad min_score": ("valid", PNG, 400, "bad_min_score"),
 }
 
@@ -101,11 +91,14 @@ def test_bad_input_is_a_4xx_json_error(server, images, case):
     body, headers, status, code = BAD_INPUTS[case]
     valid = images[0][0].read_bytes()
     body = {"valid": valid, "truncated": valid[: len(valid) // 2]}.get(body, body)
-    url = {"bad top_k": "/predict?top_k=zero", "bad min_score": "/predict?min_score=2"}.get(case, "/predict")
+    url = {"bad top_k": "/predict?top_k=zero", "top_k a superscript digit": "/predict?top_k=%C2%B2",
+           "bad min_score": "/predict?min_score=2"}.get(case, "/predict")
     response = httpx.post(server.url + url, content=body, headers=headers)
     assert response.status_code == status, response.text
     error = response.json()
     assert error["error"] == code and error["status"] == status and error["message"]
+    if code == "too_many_pixels":  # the server's limit, not PIL's
+        assert f"the limit is {MAX_PIXELS:,}" in error["message"], error
 
 
 def test_chunked_body_over_the_limit_and_bad_forms(server, images):
@@ -209,7 +202,12 @@ def test_unreadable_checkpoint_fails_at_start(capsys, tmp_path, tiny_classifier)
         (["--checkpoint", bare], "holds weights but no model arguments"),
         (["--checkpoint", tmp_path / "missing.pt"], "not found"),
         (["--checkpoint", onnx], "is not a readable ONNX model"),
+        (["--checkpoint", tmp_path], "is a folder"),
         (["--checkpoint", tiny_classifier, "--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--checkpoint", tiny_classifier, "--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--checkpoint", tiny_classifier, "--max-wait-ms", "nan"], "--max-wait-ms must be a finite number"),
+        (["--checkpoint", tiny_classifier, "--max-wait-ms", "-1"], "--max-wait-ms must be a finite number"),
+        (["--checkpoint", tiny_classifier, "--max-body-mb", "inf"], "--max-body-mb must be a finite number above 0"),
         (["--checkpoint", tiny_classifier, "--int8"], "--int8 needs --calib-data"),
         (["--checkpoint", tiny_classifier, "--int8", "--calib-data", "fashion-mnist"], "int8 needs --backend ort"),
     ]
@@ -290,6 +288,20 @@ def test_decoded_images_are_the_models_crop(tiny_classifier):
     assert image.dtype == torch.uint8 and tuple(image.shape) == (1, 28, 28)  # grey, the crop (resized in the batch)
 
 
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    from mobilenets.preprocess import open_image
+    from mobilenets.serve.decode import decode_image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode == "I;16"
+    expected = (ramp >> 8).astype(np.uint8)
+    for image in (decode_image(path.read_bytes(), grey=True), open_image(path, grey=True)):
+        assert np.abs(np.asarray(image).astype(int) - expected).max() <= 1  # PIL alone: 99.6 % at 255
+    assert np.asarray(open_image(path)).shape == (64, 64, 3)
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large"])
 def test_eager_server_runs_a_folded_channels_last_copy_with_the_same_logits(name):
     from mobilenets import create_model
@@ -349,3 +361,31 @@ def test_detector_is_served_with_boxes_in_the_images_pixels(tiny_detector, tmp_p
     assert response.status_code == 200 and body["task"] == "detection" and len(body["detections"]) == 3
     assert [d["score"] for d in body["detections"]] == sorted((d["score"] for d in body["detections"]), reverse=True)
     assert all(d["score"] >= 0.3 for d in default.json()["detections"])  # the default min_score
+
+    code, _, err = run_cli(capsys, "serve", "--checkpoint", tiny_detector, "--int8", "--calib-data", "fashion-mnist")
+    assert_one_line_error(code, err, "int8 detectors: export with")  # whatever the backend
+
+
+def test_a_request_whose_client_leaves_is_dropped_from_the_queue(tiny_classifier, images):
+    # A batch of 2 runs when full; the first request's client hangs up while it waits alone.
+    args = ["--checkpoint", str(tiny_classifier), "--max-batch", "2", "--max-wait-ms", "60000"]
+    body = images[0][0].read_bytes()
+    with Server(args) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            deadline = time.monotonic() + 30
+            while "mobilenets_queue_depth 1.0" not in client.get("/metrics").text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while 'code="client_closed_request"} 1.0' not in client.get("/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metrics = client.get("/metrics").text
+        assert "mobilenets_queue_depth 0.0" in metrics and "mobilenets_batch_size_count 0.0" in metrics, metrics
+
+        # Two new requests fill a batch of their own: the one that left takes no place in it.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: client.post("/predict", content=body, headers=PNG), range(2)))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.json()["batch_size"] for a in answers] == [2, 2]

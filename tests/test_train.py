@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error
 from datasets import fake_fashion_mnist, image_folder
 
 from mobilenets.cli import main
@@ -177,6 +179,35 @@ def test_existing_run_is_not_overwritten(fmnist, tmp_path, capsys):
     assert (out / "last.pt").read_bytes() == before
     assert main([*argv, "--resume", "--width-mult", "0.5"]) == 2
     assert "width_mult is 0.25" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--recipe", "paper"]) == 2
+    assert "recipe is 'fashion-mnist'" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 2  # its 1 epoch is done
+    assert "has trained 1 epochs already; give --epochs above that" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_knows_the_folder_and_its_classes(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mobilenet_v1", "--width-mult", "0.25", "--input-size", "32", "--epochs", "1",
+            "--out", str(out)]
+    assert main([*argv, "--data", str(folder)]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--data", f"{folder}/./", "--resume", "--epochs", "2"]) == 0  # the same folder
+    assert load(out / "last.pt")["epoch"] == 2
+    for split in ("train", "val"):
+        shutil.copytree(folder / split / "dark", folder / split / "grey")
+    capsys.readouterr()
+    assert main([*argv, "--data", str(folder), "--resume", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on the classes ['bright', 'dark'], the data now has ['bright', 'dark', 'grey']" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_out_that_is_a_file_fails_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        code = main(["train", "--model", "mobilenet_v1", "--data", str(tmp_path / "no-data"), "--out", str(out)])
+        assert_one_line_error(code, capsys.readouterr().err, "is a file, not a folder")
 
 
 def test_resume_without_checkpoint(fmnist, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -107,11 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (mobilenets, torchvision or timm)")
     p.add_argument("--checkpoint", help="training checkpoint (brings model, classes, preprocessing) "
                    "or a model from `mobilenets export`")
-    p.add_argument("--input-size", type=int, default=None, help="input side for --model (default 224)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="input side (default: the checkpoint's; 224 for --model)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="classes to print per image (default 5); detectors: the best K boxes (default all)")
     p.add_argument("--min-score", type=float, default=0.3, help="detectors: boxes scored at least this")
     p.add_argument("--save", metavar="DIR", help="detectors: write each image with its boxes drawn into DIR")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
 
     p = _subparser(sub, "train", "train a model from scratch or fine-tune it from weights (or resume a run)")
     _add_train_args(p)
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--confusion", help="confusion-matrix PNG (default: confusion.png beside the checkpoint)")
+    p.add_argument("--confusion", help="confusion-matrix PNG (default: CHECKPOINT.confusion.png)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = _subparser(sub, "export", "export for inference (ONNX, OpenVINO, TorchScript, torch.export; ExecuTorch, "
@@ -336,6 +339,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise CliError("predict needs either --checkpoint PATH or --model NAME [--weights PATH]")
     if args.input_size is not None:
         _check_input_size(args.input_size)
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k must be at least 1, got {args.top_k}")
+    args.images = _image_files(args.images)
     if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
         return _predict_boxes(args)
     if args.save:
@@ -347,10 +353,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         loaded = load_model(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,
                             input_size=args.input_size)
-    for path, top in zip(args.images, predict(loaded, args.images, args.top_k)):
+    for path, top in zip(args.images, predict(loaded, args.images, args.top_k or 5)):
         print(path)
         for name, prob in top:
             print(f"  {prob:7.2%}  {name}")
+
+
+def _image_files(paths: Sequence[str]) -> list[str]:
+    """``paths`` with each folder replaced by the images in it (sorted; not recursive)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(e.path for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+        if not found:
+            raise CliError(f"no images in folder {path} (extensions: {', '.join(IMG_EXTENSIONS)})")
+        files += found
+    return files
 
 
 def _is_detector_file(path: str) -> bool:
@@ -369,6 +391,7 @@ def _predict_boxes(args: argparse.Namespace) -> None:
     if args.save:
         Path(args.save).mkdir(parents=True, exist_ok=True)
     for path, found in zip(args.images, detect(loaded, args.images, args.min_score)):
+        found = found[: args.top_k]  # best first
         print(f"{path}: {len(found)} object(s)")
         for d in found:
             print(f"  {d.score:6.2%}  {d.label:<16} {' '.join(f'{v:7.1f}' for v in d.box)}")
@@ -382,10 +405,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.input_size is not None:
         _check_input_size(args.input_size)
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "subset"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    _check_folder_to_write(args.out, "--out")
     overrides = {
         k: getattr(args, k)
         for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "weights_backbone",
@@ -426,11 +450,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return _eval_boxes(args, device)
     # a file from `mobilenets export` (fp32 or int8) runs in its own runtime, on the CPU
     loaded = load_exported_model(args.checkpoint) if exported_format(args.checkpoint) else load_model(args.checkpoint)
+    # named after the file: the checkpoints and exports of one folder each keep their own
+    png = Path(args.confusion or f"{args.checkpoint}.confusion.png")
+    if not png.parent.is_dir():  # before the evaluation, not after it
+        raise CliError(f"--confusion: folder {png.parent} does not exist")
     seed, val_split = _held_out(args)
     split, result = evaluate_data(loaded.model.to(device), args.data, loaded.preprocess, loaded.class_names,
                                   val_split=val_split, seed=seed, batch_size=args.batch_size,
                                   workers=args.workers, tta=args.tta, split=args.split, device=device)
-    png = Path(args.confusion) if args.confusion else Path(args.checkpoint).with_name("confusion.png")
     plot_confusion(result.confusion, loaded.class_names, png, title=f"{args.checkpoint} on {args.data}")
     if args.json:
         print(json.dumps({**result.to_dict(loaded.class_names), "split": split, "tta": args.tta,
@@ -439,6 +466,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"{args.checkpoint} on the {split} split of {args.data}{f' with {args.tta} TTA' if args.tta else ''}:")
         print(result.format(loaded.class_names))
         print(f"confusion matrix: {png}")
+
+
+def _check_folder_to_write(folder: str | os.PathLike, flag: str) -> None:
+    """Fail now, not after the work, when ``folder`` cannot be a folder to write into."""
+    from pathlib import Path
+
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise CliError(f"{flag}: {path} is a file, not a folder")
+            return
 
 
 def _held_out(args: argparse.Namespace) -> tuple[int, float | None]:
@@ -569,11 +607,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     missing = [m for m in ("starlette", "uvicorn", "multipart", "prometheus_client") if not importlib.util.find_spec(m)]
     if missing:
         raise CliError(f"{', '.join(missing)} not installed: pip install 'mobilenets[serve]'")
-    for name in ("max_batch", "max_queue", "max_pixels", "calib_size"):
-        if getattr(args, name) < 1:
+    for name in ("max_batch", "max_queue", "max_pixels", "calib_size", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.max_wait_ms < 0 or args.max_body_mb <= 0:
-        raise CliError("--max-wait-ms must be 0 or more and --max-body-mb more than 0")
+    if not (math.isfinite(args.max_wait_ms) and args.max_wait_ms >= 0):
+        raise CliError(f"--max-wait-ms must be a finite number of 0 or more, got {args.max_wait_ms}")
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):
+        raise CliError(f"--max-body-mb must be a finite number above 0, got {args.max_body_mb}")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0 to 65535, got {args.port}")
     if args.threads is not None:
@@ -581,11 +621,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
 
+    from PIL import Image
+
     from .memory import keep_freed_memory
     from .serve.app import Settings
     from .serve.servable import load_servable
     from .serve.server import serve
 
+    # PIL refuses images over twice its own limit before reading them; the server's limit decides
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, args.max_pixels)
     keep_freed_memory()  # a batch's blocks reused by the next batch: 1.35x the eager server's batched throughput
 
     def log(message: str) -> None:

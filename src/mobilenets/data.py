@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from .adapt import DataFacts
@@ -170,10 +170,11 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Classes (sub-folder names) and (file, label) pairs of an ImageFolder-style tree."""
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
-    try:
-        classes, class_to_idx = find_classes(str(root))
-    except FileNotFoundError:
-        raise ValueError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)") from None
+    # hidden folders (.ipynb_checkpoints, .git) are not classes
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=True) and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    class_to_idx = {name: i for i, name in enumerate(classes)}
     samples, ignored = [], []
     for name in classes:
         for dirpath, _, files in sorted(os.walk(root / name, followlinks=True)):
@@ -192,14 +193,21 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+def _check_every_class_has_images(root: Path, classes: list[str], samples: Sequence[tuple[str, int]]) -> None:
+    empty = [name for i, name in enumerate(classes) if i not in {label for _, label in samples}]
+    if empty:
+        raise ValueError(f"class folder(s) of {root} without images: {', '.join(empty)} (remove them or add images)")
+
+
 def guess_grey(samples: Sequence[tuple[str, int]], probe: int = 32) -> bool:
-    """True when the first readable images are all single-channel (L, 1, I, F modes)."""
+    """True when the first readable images are all single-channel (L, 1, I, F modes); folders'
+    samples come shuffled (``load_image_folder``), so the probe spans the classes."""
     modes = []
     for path, _ in samples[:probe]:
         try:
             with Image.open(path) as img:
                 modes.append(img.mode)
-        except (UnidentifiedImageError, OSError):
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
             continue
     return bool(modes) and all(m in ("L", "1", "I", "I;16", "F", "LA") for m in modes)
 
@@ -211,7 +219,7 @@ def typical_size(samples: Sequence[tuple[str, int]], probe: int = 64) -> int:
         try:
             with Image.open(path) as img:
                 sides.append(min(img.size))
-        except (UnidentifiedImageError, OSError):
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError):
             continue
     return int(np.median(sides)) if sides else 224
 
@@ -224,25 +232,33 @@ def load_image_folder(root: Path, *, val_split: float | None, seed: int, in_chan
     test_samples = None
     if (root / "train").is_dir():
         classes, train_samples = scan_folder(root / "train")
+        _check_every_class_has_images(root / "train", classes, train_samples)
         val_root = root / "val" if (root / "val").is_dir() else None
         if val_root is None and not val_split:
             raise ValueError(f"{root} has train/ but no val/: add val/ or pass --val-split (e.g. 0.1)")
+        if val_root is not None and val_split:
+            raise ValueError(f"{root} has val/, which holds the validation images: --val-split is for folders "
+                             "without one")
         val_samples = _scan_split(root, "val", classes) if val_root is not None else None
         if (root / "test").is_dir():
             test_samples = _scan_split(root, "test", classes)
     else:
         classes, train_samples = scan_folder(root)
+        _check_every_class_has_images(root, classes, train_samples)
         val_samples = None
         if not val_split:
             raise ValueError(f"{root} has no train/ and val/ sub-folders: "
                              "pass --val-split (e.g. 0.1) to hold out images")
+    # Shuffled once, seeded: a --subset or a probe of the first images then spans the classes.
+    shuffle = _seeded_shuffle(seed)
+    train_samples, test_samples = shuffle(train_samples), shuffle(test_samples)
     if val_samples is None:
         if not 0 < val_split < 1:
             raise ValueError(f"--val-split must be between 0 and 1, got {val_split}")
-        order = torch.randperm(len(train_samples), generator=torch.Generator().manual_seed(seed)).tolist()
-        n_val = max(1, round(len(order) * val_split))
-        val_samples = [train_samples[i] for i in order[:n_val]]
-        train_samples = [train_samples[i] for i in order[n_val:]]
+        n_val = max(1, round(len(train_samples) * val_split))
+        val_samples, train_samples = train_samples[:n_val], train_samples[n_val:]
+    else:
+        val_samples = shuffle(val_samples)
     grey = guess_grey(train_samples) if in_chans is None else in_chans == 1
     if in_chans not in (None, 1, 3):
         raise ValueError(f"image folders give 1 (grey) or 3 (colour) channels, not --in-chans {in_chans}")
@@ -258,6 +274,11 @@ def load_image_folder(root: Path, *, val_split: float | None, seed: int, in_chan
         in_memory=False,
         image_size=typical_size(train_samples),
     )
+
+
+def _seeded_shuffle(seed: int) -> Callable[[list | None], list | None]:
+    gen = torch.Generator().manual_seed(seed)
+    return lambda items: None if items is None else [items[i] for i in torch.randperm(len(items), generator=gen)]
 
 
 def _scan_split(root: Path, split: str, classes: list[str]) -> list[tuple[str, int]]:
@@ -279,7 +300,8 @@ def load_data(
 
     Fashion-MNIST holds out 5,000 of its 60,000 training images for validation (or the
     fraction ``val_split``) and keeps its 10,000 test images for the end. ``subset`` keeps the
-    first N training and N // 6 validation and test images (for quick runs and tests). Image
+    first N training and N // 6 validation and test images (for quick runs and tests); both
+    sources come shuffled (seeded), so these are a random sample of every class. Image
     files get their transforms from ``DataBundle.set_transforms``.
     """
     if data == "fashion-mnist":

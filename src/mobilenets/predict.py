@@ -49,7 +49,8 @@ def load_model(
     source = checkpoint or weights
     ckpt = read_checkpoint(source) if source is not None else {}
     if checkpoint is not None and not ckpt.get("model_args"):
-        raise ValueError(f"{checkpoint} has no model arguments; use --model NAME --weights {checkpoint}")
+        raise ValueError(f"{checkpoint} holds weights but no model arguments (training checkpoints and exported "
+                         f"files have them); predict and export take --model NAME --weights {checkpoint}")
     if ckpt.get("model_args") and (checkpoint is not None or model == ckpt["model_args"]["name"]):
         args = ModelArgs(**ckpt["model_args"])
     else:

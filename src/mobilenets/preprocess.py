@@ -93,12 +93,22 @@ class Preprocess:
         return self.batch_transform()(torch.stack([self.load(p) for p in paths]))
 
 
+def to_model_mode(img: Image.Image, grey: bool = False) -> Image.Image:
+    """Decode ``img`` as RGB (or L). 16- and 32-bit grey images are scaled to 8 bits: PIL's own
+    conversion clips them at 255, which turns a 16-bit PNG almost white."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return img.convert("L" if grey else "RGB")
+
+
 def open_image(path: str | os.PathLike, grey: bool = False) -> Image.Image:
     """Open and fully decode an image as RGB (or L), naming the file if it is missing or broken."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder, not an image")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("L" if grey else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            return to_model_mode(img, grey)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None

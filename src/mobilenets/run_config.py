@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ DETECTOR_ONLY = ("box_scales",)
 
 # These may change when a run is resumed; everything else must match the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "out")
+PATH_FIELDS = ("data", "val_data", "weights", "weights_backbone")
 
 
 def make_config(
@@ -73,12 +75,17 @@ def make_config(
             raise TrainingError(f"--resume: no checkpoint at {last}")
         saved = TrainConfig.from_dict(read_train_checkpoint(last)["config"])
         wanted = {"model": model, "data": data, **run_overrides, **recipe_overrides}
+        if recipe != "default":  # the default is what a resume without --recipe asks for
+            wanted["name"] = recipe
         for key, value in wanted.items():
             if value is None or key in RESUMABLE_OVERRIDES:
                 continue
             old = getattr(saved.recipe, key) if key in recipe_fields else getattr(saved, key)
+            if key in PATH_FIELDS and isinstance(old, str) and isinstance(value, str) and os.path.exists(value):
+                old, value = os.path.realpath(old), os.path.realpath(value)  # data and ./data/ are one folder
             if old != value:
-                raise TrainingError(f"--resume: {key} is {old!r} in {last}, not {value!r}; start a new --out instead")
+                raise TrainingError(f"--resume: {'recipe' if key == 'name' else key} is {old!r} in {last}, not "
+                                    f"{value!r}; start a new --out instead")
         changes = {k: v for k, v in run_overrides.items() if k in RESUMABLE_OVERRIDES}
         recipe = saved.recipe.replace(epochs=overrides.get("epochs"))
         return dataclasses.replace(saved, out=out, recipe=recipe, **changes)

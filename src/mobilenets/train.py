@@ -382,6 +382,13 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         ckpt = read_train_checkpoint(path)
+        classes = self.task.checkpoint_fields()["class_names"]
+        if list(ckpt.get("class_names", classes)) != list(classes):
+            raise TrainingError(f"--resume: {path} was trained on the classes {list(ckpt['class_names'])}, the data "
+                                f"now has {list(classes)}; start a new --out (--weights {path} fine-tunes from it)")
+        if ckpt["epoch"] >= self.recipe.epochs and not ckpt["step_in_epoch"]:
+            raise TrainingError(f"--resume: {path} has trained {ckpt['epoch']} epochs already; give --epochs above "
+                                "that to train more")
         state = ckpt["train_state"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

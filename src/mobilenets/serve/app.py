@@ -8,8 +8,10 @@ loop only moves bytes. Every error is JSON ``{"error": code, "message": sentence
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -66,7 +68,7 @@ def create_app(servable: Servable, settings: Settings = Settings()) -> Starlette
         top_k, min_score = _options(request)
         data = await _image_bytes(request)
         image, size = await run_in_threadpool(servable.prepare, data, settings.max_pixels)
-        result, batch = await batcher.submit(Item(image, size, top_k, min_score))
+        result, batch = await _unless_client_leaves(request, batcher.submit(Item(image, size, top_k, min_score)))
         metrics.queue_time.observe(batch.queue_s)
         return JSONResponse({
             "model": servable.name,
@@ -123,10 +125,30 @@ def create_app(servable: Servable, settings: Settings = Settings()) -> Starlette
     )
 
 
+async def _unless_client_leaves(request: Request, answer: Awaitable):
+    """Await ``answer``, or cancel it if the client hangs up first: the batcher then skips the
+    request (Starlette does not cancel a handler whose client has gone)."""
+    answering = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answering, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not answering.done():
+        answering.cancel()
+        raise ServeError(499, "client_closed_request", "the client closed the connection before the answer")
+    return answering.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":  # the body is read: nothing else can come
+        pass
+
+
 def _options(request: Request) -> tuple[int | None, float | None]:
     """``top_k`` (a whole number >= 1) and ``min_score`` (0 to 1), when given."""
     top_k, min_score = request.query_params.get("top_k"), request.query_params.get("min_score")
-    if top_k is not None and (not top_k.isdigit() or int(top_k) < 1):
+    if top_k is not None and not (top_k.isascii() and top_k.isdigit() and int(top_k) >= 1):
         raise ServeError(400, "bad_top_k", f"top_k must be a whole number of at least 1, got {top_k!r}")
     if min_score is not None:
         try:

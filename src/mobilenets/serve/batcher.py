@@ -11,6 +11,7 @@ next one fills up by itself. At most ``max_queue`` requests wait; more are turne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -64,10 +65,15 @@ class Batcher:
             raise ServeError(503, "shutting_down", "the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise ServeError(503, "overloaded", f"{self.max_queue} requests are already waiting; try again shortly")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(item, future, time.perf_counter()))
+        pending = _Pending(item, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._pending.append(pending)
         self._wakeup.set()
-        return await future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:  # the client went away: its place in the queue is freed at once
+            with contextlib.suppress(ValueError):
+                self._pending.remove(pending)
+            raise
 
     async def start(self, warm_up: Callable[[], Any] | None = None) -> None:
         """Start the inference thread (running ``warm_up`` on it first) and the batching loop."""
@@ -95,8 +101,9 @@ class Batcher:
                 await self._wakeup.wait()
             await self._gather(loop)
             n = min(self.max_batch, len(self._pending))
+            # a request cancelled whose removal has not run yet is skipped
             batch = [p for p in (self._pending.popleft() for _ in range(n)) if not p.future.done()]
-            if batch:  # a request whose client went away has been cancelled: it is skipped
+            if batch:
                 await self._run(loop, batch)
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:

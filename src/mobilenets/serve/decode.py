@@ -8,9 +8,11 @@ are opened; anything PIL raises while decoding the rest of the file is the file'
 from __future__ import annotations
 
 import io
+import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from ..preprocess import to_model_mode
 from .errors import ServeError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -24,9 +26,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool =
         raise ServeError(400, "empty_body", "the request has no image: send the image file as the body "
                          "or as a multipart/form-data file")
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as e:
-        raise ServeError(413, "too_many_pixels", str(e)) from None
+        with warnings.catch_warnings():  # PIL warns from half its own limit; ours is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = _open(data)
+    except Image.DecompressionBombError:  # over twice PIL's limit: the header is all it read
+        raise ServeError(413, "too_many_pixels", f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; "
+                         f"the limit is {max_pixels:,}") from None
     except UnidentifiedImageError:
         kinds = ", ".join(FORMATS[:-1]) + " or " + FORMATS[-1]
         raise ServeError(400, "not_an_image", f"the body is not a {kinds} image") from None
@@ -40,9 +45,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool =
         raise ServeError(400, "too_elongated", f"the image is {width}x{height}; its sides may differ by a "
                          f"factor of {MAX_ELONGATION} at most")
     try:
-        return img.convert("L" if grey else "RGB")
+        return to_model_mode(img, grey)
     except Exception as e:  # truncated or corrupt image data
         raise ServeError(400, "broken_image", f"the {img.format} image cannot be decoded ({_reason(e)})") from None
+
+
+def _open(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data), formats=FORMATS)
 
 
 def _reason(e: Exception) -> str:

@@ -78,19 +78,19 @@ def load_servable(
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the checkpoint or exported file in it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     fmt = exported_format(path)
     if fmt is not None:
         if backend is not None and backend != FORMAT_BACKEND[fmt]:
-            raise ValueError(f"{path.name} is a {fmt} export and runs in {FORMATS[fmt].runtime}; --backend applies "
+            raise ValueError(f"{path.name} is exported ({fmt}) and runs in {FORMATS[fmt].runtime}; --backend applies "
                              "to training checkpoints (leave it out)")
         if calibration is not None:
             raise ValueError(f"{path.name} is already exported; for int8, export the checkpoint with --int8")
         return _load_exported(path, fmt, threads)
     backend = backend or "eager"
-    if calibration is not None and backend == "eager":
-        raise ValueError("int8 needs --backend ort or openvino")
     from ..registry import is_detector
     from ..weights import read_checkpoint
 
@@ -103,6 +103,8 @@ def load_servable(
             raise ValueError("int8 detectors: export with `mobilenets export --int8 --calib-data DATA`, then serve "
                              "the file")
         return _load_detector_checkpoint(path, backend, threads, log)
+    if calibration is not None and backend == "eager":
+        raise ValueError("int8 needs --backend ort or openvino")
     return _load_classifier_checkpoint(path, backend, threads, calibration, log)
 
 
