@@ -108,6 +108,22 @@ def test_cli_errors_are_one_line(capsys, argv, pattern):
     assert_one_line_error(code, err, pattern)
 
 
+def test_files_of_the_wrong_kind_are_named(capsys, tmp_path, images):
+    onnx = tmp_path / "m.onnx"
+    argv = ["--model", "mobilenet_v1", "--width-mult", "0.25", "--num-classes", "3", "--input-size", "64"]
+    assert run_cli(capsys, "export", *argv, "--format", "onnx", "--out", onnx)[0] == 0
+    cases = [
+        (["export", "--checkpoint", onnx, "--format", "openvino", "--out", tmp_path / "m.xml"],
+         "m.onnx is an exported model (onnx), not weights"),
+        (["eval", "--checkpoint", onnx, "--data", onnx], "is a file: classifiers read fashion-mnist"),
+        (["predict", "--checkpoint", tmp_path / "missing.pt", images[0]], "checkpoint not found"),
+        (["eval", "--checkpoint", tmp_path, "--data", "fashion-mnist"], "is a folder"),
+        (["export", "--checkpoint", onnx, *argv[:2], "--format", "onnx", "--out", tmp_path / "x.onnx"], "not both"),
+    ]
+    for argv, pattern in cases:
+        assert_one_line_error(*run_cli(capsys, *argv)[::2], pattern)
+
+
 def test_predict_missing_and_corrupt_image(capsys, tmp_path, images):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")

@@ -16,6 +16,15 @@ def test_params_equal_numel_and_types_add_up(name):
     assert report.by_type["other"]["macs"] == 0
 
 
+def test_bad_input_sizes_are_named():
+    model = mobilenets.create_model("mobilenet_v1", width_mult=0.25)
+    for size in (-5, 0, (64,), 64.0):
+        with pytest.raises(ValueError, match="input_size must be a positive side"):
+            mobilenets.profile(model, size)
+    with pytest.raises(ValueError, match="too small"):
+        mobilenets.profile(model, 31)
+
+
 def test_v1_layer_rows_by_hand():
     report = mobilenets.profile(mobilenets.create_model("mobilenet_v1"), 224)
     rows = {r.name: r for r in report.layers}

@@ -98,6 +98,18 @@ def test_torchvision_ssdlite_weights_give_the_same_detections(tmp_path, suffix):
         assert len(a["boxes"]) == len(b["boxes"]) > 0
         assert (a["boxes"] - b["boxes"]).abs().max() < 1e-4 and (a["scores"] - b["scores"]).abs().max() < 1e-4
         assert torch.equal(a["labels"], b["labels"])
+    if suffix == ".pth":
+        with pytest.raises(ValueError, match="the file fits reduced_tail=True"):
+            mobilenets.create_model("ssdlite_mobilenet_v3_large", weights=path)
+
+
+def test_wrong_backbones_and_features_only_name_the_problem(tmp_path):
+    torch.save(torchvision.models.mobilenet_v3_large().state_dict(), tmp_path / "v3l.pth")
+    with pytest.raises(ValueError, match=r"first difference: features.0.0.weight \(16, 3, 3, 3\) in the file, "
+                                         r"stem.conv.weight \(32, 3, 3, 3\) in the model"):
+        mobilenets.create_model("ssdlite_mobilenet_v2", weights_backbone=tmp_path / "v3l.pth")
+    with pytest.raises(ValueError, match="features_only gives a classifier's backbone"):
+        mobilenets.create_model("ssdlite_mobilenet_v3_small", features_only=True)
 
 
 def test_finetuning_a_detector_reinitialises_its_class_head(tmp_path):

@@ -235,6 +235,8 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", tmp_path / "bad.json")
     assert_one_line_error(code, err, "is not COCO JSON")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", "fashion-mnist")
+    assert_one_line_error(code, err, "a detector is measured on a COCO JSON file or a Pascal VOC folder")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta")
     assert_one_line_error(code, err, "--tta and --split are for classifiers")
     code, _, err = run_cli(capsys, "export", "--checkpoint", out / "best.pt", "--format", "torchscript",

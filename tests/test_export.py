@@ -1,4 +1,6 @@
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -196,3 +198,25 @@ def test_not_an_exported_model(tmp_path, capsys, checkpoint):
     (tmp_path / "junk.onnx").write_bytes(os.urandom(64))
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         load_exported(tmp_path / "junk.onnx")
+
+
+def test_sigterm_during_an_export_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    weights = tmp_path / "w.pt"
+    mobilenets.save_weights(small_model("mobilenet_v1"), weights)
+    (tmp_path / "out").mkdir()
+    write = ex._write
+
+    def terminated_while_writing(*args, **kwargs):
+        meta = write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, halfway through the export
+        time.sleep(5)  # the handler interrupts this
+        return meta
+
+    monkeypatch.setattr(ex, "_write", terminated_while_writing)
+    handler = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_cli(capsys, "export", "--model", "mobilenet_v1", "--width-mult", "0.25", "--weights", weights,
+                           "--num-classes", "10", "--input-size", SIZE, "--format", "onnx",
+                           "--out", tmp_path / "out" / "m.onnx")
+    assert code == 128 + signal.SIGTERM and "terminated" in err
+    assert leftovers(tmp_path / "out") == []  # no temporary folder, no partial file
+    assert signal.getsignal(signal.SIGTERM) is handler  # the command's own handler is gone

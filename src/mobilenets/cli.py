@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -336,7 +337,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .registry import is_detector
 
     if bool(args.checkpoint) == bool(args.model):
-        raise CliError("predict needs either --checkpoint PATH or --model NAME [--weights PATH]")
+        raise CliError("predict needs either --checkpoint PATH or --model NAME [--weights PATH], not both")
     if args.input_size is not None:
         _check_input_size(args.input_size)
     if args.top_k is not None and args.top_k < 1:
@@ -378,6 +379,10 @@ def _image_files(paths: Sequence[str]) -> list[str]:
 def _is_detector_file(path: str) -> bool:
     from .detection.predict import is_detector_file
 
+    if os.path.isdir(path):
+        raise CliError(f"--checkpoint {path} is a folder; give the checkpoint or exported file in it")
+    if not os.path.exists(path):
+        raise CliError(f"checkpoint not found: {path}")
     return is_detector_file(path)
 
 
@@ -521,7 +526,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .registry import is_detector
 
     if bool(args.checkpoint) == bool(args.model):
-        raise CliError("export needs either --checkpoint PATH or --model NAME")
+        raise CliError("export needs either --checkpoint PATH or --model NAME [--weights PATH], not both")
     if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
         if args.int8 and not args.calib_data:
             raise CliError("--int8 needs --calib-data DATA (a COCO JSON file or a VOC folder)")
@@ -687,6 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage errors and --help
         return int(e.code or 0)
+    # SIGTERM unwinds like Ctrl-C, so that temporary files are removed (train and serve handle it
+    # themselves: save and stop, drain and stop)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         COMMANDS[args.command](args)
     except (CliError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
@@ -697,7 +705,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"mobilenets {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(Exception):
+    """SIGTERM, raised where the command is, so that its ``finally`` blocks and ``with`` exits run."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

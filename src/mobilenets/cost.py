@@ -9,6 +9,7 @@ pooling, the SE gate multiply and residual additions are not multiply-adds and c
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -120,7 +121,9 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224) -> CostRe
     multiplier rho of V1 Sec. 3.4 is ``input_size / 224``. ``report.params`` always equals the
     sum of the model's parameter ``numel``.
     """
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    size = tuple(input_size) if isinstance(input_size, (tuple, list)) else (input_size, input_size)
+    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s > 0 for s in size):
+        raise ValueError(f"input_size must be a positive side or (height, width), got {input_size!r}")
     in_chans = getattr(model, "in_chans", 3)
     rows: dict[str, LayerCost] = {}
     leaves = {name: m for name, m in model.named_modules() if not list(m.children())}
@@ -130,7 +133,6 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224) -> CostRe
             out = output[0] if isinstance(output, (list, tuple)) else output
             if not isinstance(out, torch.Tensor) or not isinstance(inputs[0], torch.Tensor):
                 return  # a detector's resize or default boxes: not a layer
-                return
             rows[name] = LayerCost(
                 name=name,
                 type=layer_type(module),

@@ -229,6 +229,9 @@ def load_image_folder(root: Path, *, val_split: float | None, seed: int, in_chan
     class; ``root/test``, if there is one, is kept for the final evaluation."""
     if not root.exists():
         raise FileNotFoundError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise ValueError(f"{root} is a file: classifiers read fashion-mnist or an image folder (<class>/<image>, "
+                         "or train/ and val/ of those)")
     test_samples = None
     if (root / "train").is_dir():
         classes, train_samples = scan_folder(root / "train")

@@ -46,6 +46,8 @@ def load_model(
     """
     if checkpoint is None and model is None:
         raise ValueError("give a checkpoint or a model name")
+    if checkpoint is not None and not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     source = checkpoint or weights
     ckpt = read_checkpoint(source) if source is not None else {}
     if checkpoint is not None and not ckpt.get("model_args"):

@@ -124,6 +124,9 @@ def create_model(
     args = ModelArgs(name, _check_width(width_mult), num_classes, in_chans, dropout, act, reduced_tail, input_size,
                      box_scales, bn_eps)
     _check_args(args, spec)
+    if features_only and detector:
+        raise ValueError(f"features_only gives a classifier's backbone; {name} is a detector (its backbone: "
+                         f"create_model({spec.backbone!r}, features_only=True))")
     if detector:
         model = build_detector(spec, MODELS[spec.backbone], width_mult=args.width_mult, num_classes=num_classes,
                                reduced=reduced_tail, input_size=input_size, box_scales=box_scales)
@@ -140,10 +143,26 @@ def create_model(
         warnings.warn(f"{weights_backbone}: " + "; ".join(load_backbone_weights(model, weights_backbone)),
                       stacklevel=2)
     if weights is not None:
-        notes = load_pretrained(model, weights)
+        try:
+            notes = load_pretrained(model, weights)
+        except ValueError as e:
+            if detector and spec.backbone.startswith("mobilenet_v3") and not reduced_tail and _fits_reduced_tail(
+                    name, weights, width_mult, num_classes):
+                e.args = (f"{e}; the file fits reduced_tail=True (torchvision's ssdlite320_mobilenet_v3_large is "
+                          "built that way)",)
+            raise
         if notes:  # one warning, whatever had to be adapted
             warnings.warn(f"{weights}: " + "; ".join(notes), stacklevel=2)
     return FeatureExtractor(model) if features_only else model
+
+
+def _fits_reduced_tail(name: str, weights: str | os.PathLike, width_mult: float, num_classes: int) -> bool:
+    """Whether a V3 detector's weights that did not load fit the same detector with the reduced tail."""
+    try:
+        create_model(name, width_mult=width_mult, num_classes=num_classes, reduced_tail=True, weights=weights)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_width(width_mult: object) -> float:

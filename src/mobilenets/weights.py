@@ -36,8 +36,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ``model_ema``), else ``state_dict`` or ``model``; and the wrappers' key prefixes are dropped
     (``module.`` from DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``).
     """
+    from .exported import exported_format  # (it imports the registry, which imports this module)
+
     if is_safetensors(path):
         return {"model": _in_module_order(_unwrapped(load_safetensors(path)))}
+    fmt = os.path.isfile(path) and exported_format(path)
+    if fmt:
+        raise ValueError(f"{path} is an exported model ({fmt}), not weights: give the training checkpoint or "
+                         "the weights it was exported from")
     obj = load_torch(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -143,10 +149,13 @@ def _pairs(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[str, lis
     if not any(k.endswith(".num_batches_tracked") for k in state_dict):  # optional, as BatchNorm treats it
         target = {k: t for k, t in target.items() if not k.endswith(".num_batches_tracked")}
     if len(source) != len(target):
+        # the first tensor out of step names the layer where the architectures part
+        first = next((f"first difference: {sk} {_shape(st)} in the file, {k} {_shape(t)} in the model"
+                      for (sk, st), (k, t) in zip(source, target.items()) if st.shape != t.shape), None)
         extra = source[len(target)][0] if len(source) > len(target) else list(target)[len(source)]
         raise ValueError(
             f"{fmt} checkpoint does not fit {what}: {len(source)} tensors in the file, {len(target)} in the "
-            f"model (first unmatched: {extra})"
+            f"model ({first or f'first unmatched: {extra}'})"
         )
     return fmt, [(sk, st, k, t) for (sk, st), (k, t) in zip(source, target.items())]
 

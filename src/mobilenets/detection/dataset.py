@@ -142,6 +142,8 @@ def load_eval_annotations(data: str, class_names: list[str], category_ids: list[
     """The annotations a trained detector is measured on: a COCO JSON file, or a VOC folder's
     ``val`` split; their categories must be the detector's."""
     path = Path(data)
+    if not path.is_dir() and path.suffix.lower() != ".json":
+        raise ValueError(f"{data}: a detector is measured on a COCO JSON file or a Pascal VOC folder")
     annotations = read_voc(path, "val", class_names) if path.is_dir() else read_coco(path)
     if (annotations.class_names, annotations.category_ids) != (class_names, category_ids):
         raise ValueError(f"{data} has categories {annotations.class_names}, the detector was trained on {class_names}")
