@@ -97,6 +97,8 @@ def test_predict_takes_folders_and_top_k(capsys, tmp_path, images):
         (["cost", "mobilenet_v1", "--num-classes", "0"], "num_classes must be"),
         (["cost", "mobilenet_v1", "--input-size", "16"], "too small"),
         (["cost"], "needs a model name"),
+        (["cost", "mobilenet_v1", "--paper"], "give it without a model name"),
+        (["cost", "mobilenet_v1", "--reduced-tail"], "are detector arguments; mobilenet_v1 is a classifier"),
         (["train", "--model", "ssdlite_mobilenet_v9", "--data", "train.json", "--out", "unused"],
          "unknown model 'ssdlite_mobilenet_v9'"),
         (["predict", "--model", "mobilenet_v1", "--weights", "/nonexistent.pt", "x.png"], "weights file not found"),

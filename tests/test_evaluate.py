@@ -39,3 +39,13 @@ def test_average_is_the_log_of_the_mean_probability():
 def test_unknown_views_are_refused_at_once():
     with pytest.raises(ValueError, match="unknown TTA views 'rotate'"):
         with_tta(lambda x: x, "rotate")
+
+
+def test_a_class_without_images_reads_n_a():
+    from mobilenets.evaluate import EvalResult
+
+    confusion = torch.tensor([[3, 1, 0], [0, 2, 0], [0, 0, 0]])  # no image of class c
+    result = EvalResult(loss=0.5, top1=5 / 6, top5=1.0, count=6, confusion=confusion)
+    assert result.per_class == [0.75, 1.0, None]
+    assert result.format(["a", "b", "c"]).splitlines()[-1] == "  c     n/a"
+    assert "top-3 100.00 %" in result.format(["a", "b", "c"])

@@ -96,6 +96,16 @@ def test_calibration_batches_use_the_model_preprocessing(folder):
     assert batches[0].dtype == torch.float32
 
 
+def test_calibration_takes_a_plain_folder_and_says_when_it_has_fewer_images(folder, tmp_path, capfd):
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for i, path in enumerate(sorted((folder / "train" / "bright").glob("*.png"))[:5]):
+        (flat / f"{i}.png").write_bytes(path.read_bytes())
+    batches = calibration_batches(str(flat), Preprocess.imagenet(SIZE), size=20, batch_size=8)
+    assert [b.shape for b in batches] == [(5, 3, SIZE, SIZE)]
+    assert "calibrating on 5 images" in capfd.readouterr().err
+
+
 def test_eval_of_an_exported_model_matches_the_checkpoint(tmp_path, capsys, folder, checkpoint):
     path = tmp_path / "m.xml"
     code, out, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--format", "openvino", "--out", path)

@@ -300,6 +300,8 @@ def cmd_cost(args: argparse.Namespace) -> None:
     from .detection.paper import by_part
     from .registry import create_model, is_detector
 
+    if args.paper and args.model:
+        raise CliError("--paper compares every model with the papers' tables; give it without a model name")
     if args.paper:
         from .detection.paper import DETECTION_ROWS, compare_detection_row, format_detection
         from .paper import PAPER_ROWS, compare_row, compare_table_2, format_comparison
@@ -312,9 +314,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
         return
     if not args.model:
         raise CliError("cost needs a model name (or --paper)")
-    detector = is_detector(args.model)
     model = create_model(args.model, width_mult=args.width_mult, num_classes=args.num_classes,
-                         **({"reduced_tail": args.reduced_tail} if detector else {}))
+                         reduced_tail=args.reduced_tail)  # a classifier refuses reduced_tail
+    detector = is_detector(args.model)
     size = args.input_size or (model.input_size if detector else 224)
     _check_input_size(size)
     report = profile(model, size)
@@ -378,8 +380,9 @@ def _image_files(paths: Sequence[str]) -> list[str]:
 
 def _is_detector_file(path: str) -> bool:
     from .detection.predict import is_detector_file
+    from .exported import exported_format
 
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not exported_format(path):  # (a Core ML package is a folder)
         raise CliError(f"--checkpoint {path} is a folder; give the checkpoint or exported file in it")
     if not os.path.exists(path):
         raise CliError(f"checkpoint not found: {path}")

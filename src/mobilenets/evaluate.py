@@ -25,9 +25,10 @@ class EvalResult:
     confusion: Tensor  # [true class, predicted class] counts
 
     @property
-    def per_class(self) -> list[float]:
-        totals = self.confusion.sum(dim=1).clamp(min=1)
-        return (self.confusion.diag() / totals).tolist()
+    def per_class(self) -> list[float | None]:
+        """Each class's top-1; ``None`` for a class without images in the set."""
+        totals = self.confusion.sum(dim=1)
+        return [None if n == 0 else acc for n, acc in zip(totals.tolist(), (self.confusion.diag() / totals).tolist())]
 
     def to_dict(self, class_names: list[str]) -> dict:
         return {
@@ -44,7 +45,8 @@ class EvalResult:
         lines = [f"top-1 {100 * self.top1:.2f} %   top-{k} {100 * self.top5:.2f} %   loss {self.loss:.4f}   "
                  f"({self.count} images)", "per-class accuracy:"]
         width = max(len(n) for n in class_names)
-        lines += [f"  {name:<{width}}  {100 * acc:6.2f} %" for name, acc in zip(class_names, self.per_class)]
+        lines += [f"  {name:<{width}}  {100 * acc:6.2f} %" if acc is not None else f"  {name:<{width}}     n/a"
+                  for name, acc in zip(class_names, self.per_class)]
         return "\n".join(lines)
 
 

@@ -57,6 +57,7 @@ from .runtimes import (
 # Max abs logit difference allowed between an fp32 export (or the folded model) and PyTorch, per unit
 # of the largest |logit| when that is over 1: float32 rounding grows with the logits' size.
 FP32_TOLERANCE = 1e-4
+FOLD_TOLERANCE = 1e-4  # the folded model against the model as trained, the same way
 VERIFY_BATCHES = (1, 3)  # 1 and a batch > 1 exercise the dynamic batch dimension
 STANDARD_ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -228,7 +229,7 @@ def export_model(
     if preprocess.channels != channels:
         raise ValueError(f"the preprocessing gives {preprocess.channels} channel(s), the model takes {channels}")
     folded = strip_dropout(fold_batchnorm(reference))
-    fold_diff, limit = _max_diff(lambda x: folded(x), reference, channels, size)
+    fold_diff, limit = _max_diff(lambda x: folded(x), reference, channels, size, FOLD_TOLERANCE)
     if not fold_diff <= limit:  # float rounding stays far below; guards the folding itself
         raise ValueError(f"batch-norm folding changed the outputs by {fold_diff:.2e} (> {limit:.2g})")
     meta = ExportMeta(
@@ -248,7 +249,7 @@ def export_model(
         max_diff = limit = agreement = None
         if runs_here(fmt):
             forward = runtime_forward(work, fmt, threads=None)
-            max_diff, limit = _max_diff(forward, reference, channels, size)
+            max_diff, limit = _max_diff(forward, reference, channels, size, FP32_TOLERANCE)
         if not int8 and max_diff is not None and not max_diff <= limit:
             raise ValueError(
                 f"verification failed: the {fmt} export differs from PyTorch by {max_diff:.2e} "
@@ -394,8 +395,10 @@ def onnx_ops(path: str | os.PathLike) -> tuple[int, set[str]]:
 
 
 @torch.no_grad()
-def _max_diff(forward: Forward, reference: nn.Module, channels: int, size: int) -> tuple[float, float]:
-    """The max abs difference of ``forward`` from ``reference`` on random inputs, and its limit."""
+def _max_diff(forward: Forward, reference: nn.Module, channels: int, size: int, tolerance: float
+              ) -> tuple[float, float]:
+    """The max abs difference of ``forward`` from ``reference`` on random inputs, and its limit:
+    ``tolerance`` per unit of the largest |logit| when that is over 1."""
     gen = torch.Generator().manual_seed(1)
     worst = largest = 0.0
     for batch in VERIFY_BATCHES:
@@ -405,7 +408,7 @@ def _max_diff(forward: Forward, reference: nn.Module, channels: int, size: int) 
             raise ValueError(f"verification failed: output shape {tuple(out.shape)}, PyTorch gives {tuple(ref.shape)}")
         worst = max(worst, (out.float() - ref).abs().max().item())
         largest = max(largest, ref.abs().max().item())
-    return worst, FP32_TOLERANCE * max(1.0, largest)
+    return worst, tolerance * max(1.0, largest)
 
 
 @torch.no_grad()

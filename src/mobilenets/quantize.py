@@ -17,6 +17,7 @@ Which one ``mobilenets`` recommends, and the accuracy and speed that decided it,
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,21 @@ def calibration_batches(
     The images go through the model's own preprocessing (the evaluation transform, no
     augmentation), so the calibrated ranges are those the model sees at inference.
     """
-    from .data import collate_skipping_none, load_data
+    from .data import ImageFiles, collate_skipping_none, load_data
 
     if size < 1:
         raise ValueError(f"--calib-size must be at least 1, got {size}")
     root = Path(data)
-    # A folder without train/ and val/ needs a split to load; calibration uses the training part.
-    split = None if data == "fashion-mnist" or ((root / "train").is_dir() and (root / "val").is_dir()) else 0.1
-    bundle = load_data(data, val_split=split, seed=seed, in_chans=preprocess.channels)
-    bundle.set_transforms(preprocess.image_transform(), None)  # no augmentation: what the model sees at inference
-    train = bundle.train
+    flat = _unlabelled_images(root)
+    if flat:  # calibration needs no labels: a plain folder of images will do
+        train = ImageFiles([(str(path), 0) for path in flat], grey=preprocess.channels == 1,
+                           transform=preprocess.image_transform())
+    else:
+        # A folder without train/ and val/ needs a split to load; calibration uses the training part.
+        split = None if data == "fashion-mnist" or ((root / "train").is_dir() and (root / "val").is_dir()) else 0.1
+        bundle = load_data(data, val_split=split, seed=seed, in_chans=preprocess.channels)
+        bundle.set_transforms(preprocess.image_transform(), None)  # no augmentation: what the model sees
+        train = bundle.train
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size].tolist()
     prepare = preprocess.batch_transform()
     batches = []
@@ -66,7 +72,19 @@ def calibration_batches(
                 batches.append(prepare(images))
     if not batches:
         raise ValueError(f"no readable calibration images in {data}")
+    if (found := sum(len(b) for b in batches)) < size:
+        print(f"warning: calibrating on {found} images: {data} has no more readable ones (--calib-size {size})",
+              file=sys.stderr)
     return batches
+
+
+def _unlabelled_images(root: Path) -> list[Path]:
+    """The images directly in ``root`` when it has no sub-folders (no classes), sorted."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not root.is_dir() or any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return []
+    return sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
 
 
 def _quantize_onnx_runtime(src: Path, dst: Path, batches: Sequence[Tensor], meta: str) -> None:

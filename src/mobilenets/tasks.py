@@ -130,7 +130,8 @@ class ClassificationTask:
         return describe(recipe, self.data.in_memory)
 
     def format_test(self, test: dict) -> str:
-        return f"top-1 {100 * test['acc']:.2f} %, top-5 {100 * test['top5']:.2f} % on {test['images']:,} images"
+        k = min(5, len(self.class_names))  # as `mobilenets eval` counts it
+        return f"top-1 {100 * test['acc']:.2f} %, top-{k} {100 * test['top5']:.2f} % on {test['images']:,} images"
 
 
 def make_task(cfg: TrainConfig) -> Task:

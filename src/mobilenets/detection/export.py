@@ -14,10 +14,12 @@ keeps, and measured by ``mobilenets eval`` (COCO mAP).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +44,7 @@ PHONE_FORMATS = ("executorch", "tflite")  # no NMS operator: the file stops afte
 def _write_onnx(graph: DetectorGraph, path: Path, meta: ExportMeta) -> None:
     onnx = require("onnx")
     example = torch.rand(2, 3, graph.size, graph.size, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet("onnx_ir"):  # it logs a warning for an empty attribute list of its own
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph, (example,), dynamo=True, verbose=False, input_names=["images"],
@@ -52,6 +54,17 @@ def _write_onnx(graph: DetectorGraph, path: Path, meta: ExportMeta) -> None:
     proto = program.model_proto
     set_onnx_meta(proto, meta.to_json())
     onnx.save(proto, str(path))
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _quantize_onnx(src: Path, dst: Path, batches: Sequence[Tensor], meta: ExportMeta) -> None:

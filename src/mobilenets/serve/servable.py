@@ -78,11 +78,11 @@ def load_servable(
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give the checkpoint or exported file in it")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     fmt = exported_format(path)
+    if path.is_dir() and fmt is None:
+        raise IsADirectoryError(f"{path} is a folder; give the checkpoint or exported file in it")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if fmt is not None:
         if backend is not None and backend != FORMAT_BACKEND[fmt]:
             raise ValueError(f"{path.name} is exported ({fmt}) and runs in {FORMATS[fmt].runtime}; --backend applies "

@@ -9,6 +9,7 @@ application's shutdown runs whatever is still queued; the command then exits wit
 from __future__ import annotations
 
 import ipaddress
+import logging
 import signal
 import socket
 from collections.abc import Callable
@@ -48,6 +49,8 @@ def serve(servable: Servable, settings: Settings, host: str = "127.0.0.1", port:
 
     sock = bind(host, port)
     app = create_app(servable, settings)
+    # the multipart parser logs each malformed form it refuses; the client gets a 400 that says so
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
                             timeout_graceful_shutdown=DRAIN_TIMEOUT_S, lifespan="on")
     server = uvicorn.Server(config)
