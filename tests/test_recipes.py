@@ -34,6 +34,8 @@ def test_default_recipe_resolves_from_the_data():
     assert (digits.optimizer, digits.weight_decay, digits.eps) == ("adamw", OPTIMIZERS["adamw"].weight_decay, 1e-8)
     assert (digits.input_size, digits.batch_size, digits.lr, digits.warmup_epochs) == (64, 32, 0.064, 1.0)
     assert (digits.min_crop, digits.eval_crop, digits.pad, digits.ema_decay) == (0.9, 1.0, 2, 0.99)  # 8 x 125 steps
+    assert digits.bn_recompute == 32  # 1,024 images of 32
+    assert resolve(get_recipe("default"), DataFacts(120, 40, 3)).bn_recompute == 8  # all 120 images, batch 16
     big = resolve(get_recipe("default"), DataFacts(55000, 28, 1))
     assert big.batch_size == 128 and big.lr * 128 / 256 == pytest.approx(0.008)  # the same lr per step
     two = resolve(get_recipe("default").replace(epochs=8), DataFacts(4000, 20, 1), world_size=2)
@@ -91,6 +93,7 @@ def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
     assert stored["input_size"] == 64 and stored["batch_size"] == 16 and stored["hflip"] == 0.0
     assert (stored["mixup"], stored["cutmix"], stored["lr_floor"]) == (0.2, 1.0, 0.0)
     assert stored["eval_crop"] == 1.0 and stored["ema_decay"] == 0.9
+    assert stored["bn_recompute"] == 2 and "BN statistics recomputed on 2 batches" in err  # 24 images, batch 16
     assert summary["epochs"] == 1
 
 

@@ -22,6 +22,7 @@ LONG_DETECTION_RUN = 30  # epochs
 CLASSIFIER_STEPS = 120  # steps per epoch the default's batch leaves at least
 LR_FLOOR_BATCH = 64  # SGD: below this global batch the lr per step no longer shrinks with it
 MIN_PROCESS_BATCH = 4  # images per process: fewer leave batch norm's statistics to noise
+BN_RECOMPUTE_IMAGES = 1024  # training images per recomputation of the BN statistics (per process)
 # AdamW normalises each step by the gradients' own scale, so the default keeps its lr per step
 # whatever the batch: at batch 32 on the shapes folder 0.001 / 0.002 / 0.004 / 0.008 per step gave
 # 83.8 / 93.8 / 97.4 / 98.4 % in 8 epochs, SGD's best 94.1 % (docs/results.md section 11)
@@ -94,6 +95,8 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
         "warmup_epochs": lambda: min(5.0, max(1.0, round(recipe.epochs / 10))),
         "lr_floor": lambda: 0.0,  # classifiers: the cosine ends at zero (detectors decide theirs first)
         "ema_decay": lambda: ema_decay_for(total_steps),
+        # a short run's running BN averages lag its weights (precise_bn.py): ~1,000 images recompute them
+        "bn_recompute": lambda: math.ceil(min(BN_RECOMPUTE_IMAGES, facts.train_images / world_size) / batch),
         # a digit or an icon fills its small frame: a 25 % crop can cut it away, a centre crop too;
         # crops of 90 % shift and zoom it slightly (section 11: +0.6 on digits, +3 to +14 on shapes
         # against 50 %; no crops at all trained worse)
@@ -120,6 +123,7 @@ def describe(recipe: Recipe, in_memory: bool = False) -> str:
         f"{r.optimizer} lr {r.lr:g} per {r.lr_batch}", f"weight decay {r.weight_decay:g}",
         schedule_text(r),
         f"label smoothing {r.label_smoothing:g}", f"EMA {r.ema_decay:g}" if r.ema_decay else "no EMA",
+        *([f"BN statistics recomputed on {r.bn_recompute} batches"] if r.bn_recompute else []),
         f"hflip {r.hflip:g}", f"translation by {r.pad} px" if in_memory else f"min crop {r.min_crop:g}",
         f"erase {r.erase:g}",
     ]

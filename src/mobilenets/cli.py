@@ -282,6 +282,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "(default: fitted to the training boxes; SSD's are 0.2 0.95)")
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--ema-decay", type=float, default=None, help="EMA of weights (0 turns it off)")
+    g.add_argument("--bn-recompute", type=int, default=None, metavar="N",
+                   help="classifiers: recompute the BN statistics on N training batches before each validation "
+                   "(0: off; default recipe: ~1,000 images)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 / fp16 autocast")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
@@ -424,7 +427,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                   "val_data", "reduced_tail", "width_mult",
                   "input_size", "epochs", "batch_size", "optimizer", "lr", "lr_floor", "weight_decay", "warmup_epochs",
                   "label_smoothing", "hflip", "min_crop", "pad", "erase", "mixup", "cutmix", "dropout", "box_augment",
-                  "ema_decay", "amp", "channels_last", "compile", "freeze_backbone", "backbone_lr_scale")
+                  "ema_decay", "bn_recompute", "amp", "channels_last", "compile", "freeze_backbone",
+                  "backbone_lr_scale")
     }
     if args.box_scales is not None:
         overrides["box_scales"] = tuple(args.box_scales)

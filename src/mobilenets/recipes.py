@@ -85,6 +85,9 @@ class Recipe:
     box_scales: tuple[float, float] | None = SSD_BOX_SCALES
     eval_crop: float | None = 0.875  # centre crop of the evaluation transform (ImageNet's 224 / 256); AUTO
     ema_decay: float | None = 0.0  # 0 turns the exponential moving average of weights off; AUTO: follows the steps
+    # classifiers: training batches over which the evaluated weights' BN statistics are recomputed
+    # before each validation (precise_bn.py; 0: off, the running averages are used); AUTO: ~1,000 images
+    bn_recompute: int | None = 0
     amp: bool = False  # bf16 autocast (CPU with native bf16, or CUDA); fp16 + scaler on older GPUs
     channels_last: bool = True
     compile: bool = False
@@ -105,7 +108,7 @@ class Recipe:
             "label_smoothing": (0, 1, True), "hflip": (0, 1, True), "min_crop": (0, 1, False),
             "erase": (0, 1, True), "mixup": (0, math.inf, True), "cutmix": (0, math.inf, True),
             "dropout": (0, 1, True), "eval_crop": (0, 1, False), "ema_decay": (0, 1, True),
-            "pad": (0, math.inf, True), "lr_floor": (0, 1, True),
+            "pad": (0, math.inf, True), "lr_floor": (0, 1, True), "bn_recompute": (0, math.inf, True),
             "backbone_lr_scale": (0, math.inf, False),
         }
         for name, (low, high, closed) in ranges.items():
@@ -132,7 +135,7 @@ class Recipe:
 
 
 AUTO_FIELDS = ("optimizer", "weight_decay", "batch_size", "input_size", "lr", "warmup_epochs", "min_crop", "pad",
-               "eval_crop", "ema_decay", "box_augment", "box_scales")
+               "eval_crop", "ema_decay", "bn_recompute", "box_augment", "box_scales")
 BOX_AUGMENTS = ("ssd", "mild")
 
 
@@ -147,8 +150,8 @@ RECIPES: dict[str, Recipe] = {
         name="default",
         about="adapts to the run: AdamW at 0.008 per step (SGD Nesterov for detectors), warm-up then cosine to "
         "zero over the epochs asked for, batch from the training set's size, EMA over the last tenth of the steps, "
-        "label smoothing 0.1, input size, crops and evaluation crop from the images' size, bf16 autocast where the "
-        "hardware has it",
+        "label smoothing 0.1, input size, crops and evaluation crop from the images' size, batch-norm statistics "
+        "recomputed for the evaluated weights, bf16 autocast where the hardware has it",
         epochs=30,
         batch_size=AUTO,
         input_size=AUTO,
@@ -163,6 +166,7 @@ RECIPES: dict[str, Recipe] = {
         pad=AUTO,
         eval_crop=AUTO,
         ema_decay=AUTO,
+        bn_recompute=AUTO,
         box_augment=AUTO,
         box_scales=AUTO,
         amp=True,

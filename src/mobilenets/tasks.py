@@ -92,11 +92,16 @@ class ClassificationTask:
     def batch_size_of(self, batch: tuple[Tensor, Tensor]) -> int:
         return len(batch[1])
 
-    def step(self, net: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device, autocast) -> StepResult:
+    def model_inputs(self, batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+        """A training batch as the model sees it (augmented, preprocessed; not mixed) and its labels."""
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         if self.augment is not None:
             images = self.augment(images)
-        images, targets = self.to_input(images), labels
+        return self.to_input(images), labels
+
+    def step(self, net: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device, autocast) -> StepResult:
+        images, labels = self.model_inputs(batch, device)
+        targets = labels
         if self.mix is not None:  # soft targets: each image's share of each class
             images, targets = self.mix(images, labels)
         with autocast():

@@ -9,6 +9,7 @@ epoch boundary repeats the uninterrupted run exactly (on CPU).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import signal
@@ -30,6 +31,7 @@ from .finetune import freeze_backbone, train_mode
 from .memory import keep_freed_memory
 from .optim import EpochSchedule, build_optimizer
 from .plots import plot_curves
+from .precise_bn import bn_buffers, recompute_bn_stats
 from .precision import amp_dtype, autocast
 from .registry import create_model
 from .run_config import CHECKPOINT_FORMAT, TrainConfig, TrainingError, read_train_checkpoint
@@ -234,6 +236,17 @@ class Trainer:
         finally:
             train_mode(model, self.recipe.freeze_backbone)
 
+    def _recompute_bn(self) -> None:
+        """The evaluated weights' BN statistics from ``bn_recompute`` training batches (precise_bn.py),
+        averaged over the processes."""
+        model = self.ema.module if self.ema is not None else self.model
+        train_mode(model, self.recipe.freeze_backbone)  # a frozen backbone keeps its statistics
+        batches = itertools.islice(self.train_loader, self.recipe.bn_recompute)
+        recompute_bn_stats(model, (self.task.model_inputs(b, self.device)[0] for b in batches))
+        if self.dist.enabled:
+            for t in bn_buffers(model):
+                self.dist.all_reduce_(t).div_(self.dist.world_size)
+
     def _final_test(self) -> dict:
         """The best epoch's weights on the test set, once, at the end (the validation set chose them)."""
         self.dist.barrier()  # rank 0 has written best.pt
@@ -274,6 +287,8 @@ class Trainer:
                                   f"resume with --resume (saved {self.out / 'last.pt'})")
                         return {"stopped": True, "epoch": self.epoch, "out": str(self.out)}
                     eval_start = time.perf_counter()
+                    if self.recipe.bn_recompute:
+                        self._recompute_bn()
                     result = self.evaluate()
                     self._end_epoch(stats, result, stats["train_seconds"] + time.perf_counter() - eval_start)
             self._check_replicas()

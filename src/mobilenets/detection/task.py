@@ -62,6 +62,7 @@ class DetectionTask:
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
             lr_floor=recipe.lr_floor if recipe.lr_floor is not None else
             DETECTION_LR_FLOOR if recipe.epochs < LONG_DETECTION_RUN and not self.cfg.weights else 0.0,
+            bn_recompute=recipe.bn_recompute or 0,  # classifiers only: a detector's step needs its boxes
         )
         recipe = recipe.replace(box_scales=recipe.box_scales or self._box_scales(spec, recipe.input_size))
         return resolve(recipe, DataFacts(n, recipe.input_size, 3), world_size, optimizer="sgd")
