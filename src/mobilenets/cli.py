@@ -244,7 +244,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=float, default=None, help="hold out this fraction of the training images")
     p.add_argument("--in-chans", type=int, default=None, help="1 or 3 (default: follows the data)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0)")
-    p.add_argument("--subset", type=int, default=None, help="train on the first N images only (quick runs)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="train on a seeded random sample of N images, validate on N/6 (quick runs)")
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--width-mult", type=_number, default=None, help="width multiplier alpha")
     g.add_argument("--input-size", type=int, default=None, help="input side in pixels (rho = size / 224)")
@@ -354,7 +355,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise CliError("--save draws boxes: it is for detectors")
     if args.checkpoint and exported_format(args.checkpoint):
         if args.input_size is not None:
-            raise CliError("an exported model has a fixed input size; --input-size goes with --model")
+            raise CliError("an exported model has a fixed input size; --input-size is for checkpoints and --model")
         loaded = load_exported_model(args.checkpoint)  # runs in its own runtime (ONNX Runtime, LiteRT, ...)
     else:
         loaded = load_model(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,

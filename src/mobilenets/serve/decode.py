@@ -28,7 +28,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool =
     try:
         with warnings.catch_warnings():  # PIL warns from half its own limit; ours is checked below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = _open(data)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:  # over twice PIL's limit: the header is all it read
         raise ServeError(413, "too_many_pixels", f"the image has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; "
                          f"the limit is {max_pixels:,}") from None
@@ -48,10 +48,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool =
         return to_model_mode(img, grey)
     except Exception as e:  # truncated or corrupt image data
         raise ServeError(400, "broken_image", f"the {img.format} image cannot be decoded ({_reason(e)})") from None
-
-
-def _open(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data), formats=FORMATS)
 
 
 def _reason(e: Exception) -> str:
