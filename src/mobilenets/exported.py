@@ -113,6 +113,9 @@ def read_openvino(path: Path):
     """The OpenVINO model of an ``.xml`` and its ``.bin``, with one-line errors for a missing or broken file."""
     if not path.with_suffix(".bin").is_file():
         raise FileNotFoundError(f"{path.with_suffix('.bin')} not found: an OpenVINO model is the .xml and its .bin")
+    with open(path, "rb") as f:  # OpenVINO would try its other front ends on it, some loudly in C++
+        if b"<net" not in f.read(4096):
+            raise ValueError(f"{path} is not a readable OpenVINO model (no <net> element: not an OpenVINO IR .xml)")
     from .runtimes import ov_core
 
     try:
