@@ -103,6 +103,8 @@ def test_predict_takes_folders_and_top_k(capsys, tmp_path, images):
          "unknown model 'ssdlite_mobilenet_v9'"),
         (["predict", "--model", "mobilenet_v1", "--weights", "/nonexistent.pt", "x.png"], "weights file not found"),
         (["predict", "x.png"], "either --checkpoint"),
+        (["export", "--model", "mobilenet_v1", "--format", "onnx", "--out", "x.onnx", "--calib-size", "10"],
+         "--calib-size is for --int8"),
     ],
 )
 def test_cli_errors_are_one_line(capsys, argv, pattern):

@@ -97,6 +97,18 @@ def test_resolved_recipe_is_printed_and_stored(tmp_path, capfd):
     assert summary["epochs"] == 1
 
 
+def test_a_batch_larger_than_the_data_is_cut_to_it_and_said(tmp_path, capfd):
+    root = image_folder(tmp_path / "d", classes=2, per_class=10, size=20, channels=1)
+    cfg = make_config("mobilenet_v1", str(root), str(tmp_path / "run"), recipe="paper", width_mult=0.25,
+                      input_size=32, epochs=1)
+    trainer = Trainer(cfg)  # the paper's batch of 96 for 20 images
+    assert trainer.recipe.batch_size == 20 and trainer.steps_per_epoch == 1
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.recipe.lr * 20 / 32)  # per 32 images
+    trainer.run()
+    assert "note: batch 96 is more than the 20 training images per process: batch 20" in capfd.readouterr().err
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]["batch_size"] == 20
+
+
 def test_batch_mix_blends_images_and_labels_alike():
     images, labels = torch.rand(8, 1, 32, 32), torch.arange(8) % 4  # each image's neighbour has another class
     assert batch_mix(0.0, 0.0, 4) is None

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="post-training static int8 quantization (onnx, openvino, executorch, tflite)")
     p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
-    p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--calib-size", type=int, default=None, help="--int8: calibration images (default 300)")
 
     from .bench import BACKENDS
 
@@ -206,7 +206,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="classifiers, with --backend ort|openvino: int8 post-training quantization")
     p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
-    p.add_argument("--calib-size", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--calib-size", type=int, default=None, help="--int8: calibration images (default 300)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests run as one batch (default 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="longest a request waits for others to fill its batch (default 5)")
@@ -533,6 +533,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import check_export, describe, export_model, load_source
     from .registry import is_detector
 
+    _calib_size(args)
+
     if bool(args.checkpoint) == bool(args.model):
         raise CliError("export needs either --checkpoint PATH or --model NAME [--weights PATH], not both")
     if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
@@ -617,6 +619,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import importlib.util
 
     _check_int8(args)
+    _calib_size(args)
     missing = [m for m in ("starlette", "uvicorn", "multipart", "prometheus_client") if not importlib.util.find_spec(m)]
     if missing:
         raise CliError(f"{', '.join(missing)} not installed: pip install 'mobilenets[serve]'")
@@ -659,6 +662,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = Settings(args.max_batch, args.max_wait_ms, args.max_queue, int(args.max_body_mb * 1e6), args.max_pixels)
     servable.warm_up(args.max_batch)
     serve(servable, settings, args.host, args.port, access_log=args.access_log, log=log)
+
+
+def _calib_size(args: argparse.Namespace) -> None:
+    from .quantize import CALIBRATION_SIZE
+
+    if args.calib_size is not None and not args.int8:
+        raise CliError("--calib-size is for --int8 (the images it calibrates on)")
+    args.calib_size = CALIBRATION_SIZE if args.calib_size is None else args.calib_size
 
 
 def _check_int8(args: argparse.Namespace) -> None:

@@ -108,12 +108,20 @@ class Trainer:
                                 "from scratch would stay at its random initialisation")
         self.task = make_task(cfg)
         # the default recipe decides what it left AUTO from the data; a resumed run is already resolved
-        self.cfg = dataclasses.replace(cfg, recipe=self.task.resolve(cfg.recipe, self.dist.world_size))
+        recipe = self.task.resolve(cfg.recipe, self.dist.world_size)
+        images = len(self.task.train_set) // self.dist.world_size  # per process
+        asked = recipe.batch_size
+        if 2 <= images < asked:  # the batch, its learning rate and what is printed and stored all follow
+            recipe = recipe.replace(batch_size=images)
+        self.cfg = dataclasses.replace(cfg, recipe=recipe)
         self.recipe = r = self.cfg.recipe
         self.task.prepare(r, self.device)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = self.task.build_model(self.cfg)
         self.notes = [] if resume else self._start_weights()
+        if r.batch_size != asked:
+            self.notes.append(f"note: batch {asked} is more than the {images} training images per process: "
+                              f"batch {images}, one step an epoch")
         if r.freeze_backbone:
             freeze_backbone(self.model)
         self.model_args = self.model.args
