@@ -70,12 +70,21 @@ def test_coco_that_is_not_coco(tmp_path, content, message):
         read_coco(tmp_path / "x.json")
 
 
-def test_unreadable_image_is_skipped_at_load_time(tmp_path, capfd):
-    path = write_coco(tmp_path / "d", [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
-                      [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]}])
-    (tmp_path / "d" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    dataset = DetectionDataset(read_coco(path).records)
-    assert dataset[0] is None and "a.png" in capfd.readouterr().err
+def test_unreadable_images_are_counted_when_read_or_skipped_when_loaded(tmp_path, capfd):
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+              {"id": 2, "file_name": "b.png", "width": 64, "height": 48}]
+    path = write_coco(tmp_path / "d", images, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]},
+                                               {"id": 2, "image_id": 2, "category_id": 3, "bbox": [1, 1, 10, 10]}])
+    (tmp_path / "d" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # no header: counted at once
+    whole = (tmp_path / "d" / "b.png").read_bytes()
+    (tmp_path / "d" / "b.png").write_bytes(whole[: len(whole) // 2])  # a header, then too little data
+    annotations = read_coco(path)
+    assert [r.image_id for r in annotations.records] == [2]
+    assert annotations.problems.found["images that cannot be read skipped"] == ["image id 1 (a.png)"]
+    assert annotations.problems.found["annotations of an unknown or skipped image skipped"] == [
+        "annotation id 1: image 1"]  # its boxes leave the metric with it
+    dataset = DetectionDataset(annotations.records)
+    assert dataset[0] is None and "b.png" in capfd.readouterr().err
     assert collate([None]) == ([], [])
 
 
@@ -141,3 +150,38 @@ def test_generated_items_are_opaque_and_keep_their_shading():
     shades = region[0, 2:, 0]
     assert (np.diff(shades) > 0).all() and shades[0] > 7  # opaque above, brighter where the item is brighter
     np.testing.assert_allclose(region[0, 4], np.clip(np.array([200, 100, 50]) * (0.3 + 0.9 * 250 / 255), 0, 255))
+
+
+def test_ids_that_cannot_be_trusted_are_counted_or_refused(tmp_path):
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+              {"id": 1, "file_name": "b.png", "width": 64, "height": 48},  # the same id: which boxes are whose?
+              {"id": [3], "file_name": "c.png"},
+              {"id": 4, "file_name": "d.png", "width": 50, "height": 48}]  # the file is 64 wide
+    annotations = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]},
+                   {"id": 2, "image_id": {"a": 1}, "category_id": 3, "bbox": [1, 1, 10, 10]},
+                   {"id": 3, "image_id": 4, "category_id": [7], "bbox": [1, 1, 10, 10]},
+                   {"id": 4, "image_id": 4, "category_id": 7.0, "bbox": [40, 1, 20, 10]}]
+    found = read_coco(write_coco(tmp_path / "d", images, annotations))
+    assert [(r.image_id, r.width, r.boxes) for r in found.records] == [(4, 64, ((40.0, 1.0, 60.0, 11.0),))]
+    problems = found.problems.found
+    assert problems["images sharing their id with another skipped"] == ["image id 1 (a.png)", "image id 1 (b.png)"]
+    assert problems["images whose id is not a number or a string skipped"] == ["image id [3] (c.png)"]
+    assert problems["images whose width and height are not the file's: the file's used"] == [
+        "image id 4 (d.png): 50x48, the file 64x48"]
+    assert problems["annotations of an unknown category skipped"] == ["annotation id 3: category [7]"]
+    assert problems["annotations of an unknown or skipped image skipped"] == [
+        "annotation id 1: image 1", "annotation id 2: image {'a': 1}"]
+    for categories, message in [(({"id": 3, "name": "cat"}, {"id": 3, "name": "dog"}), "category id 3 is given twice"),
+                                (({"id": "3", "name": "cat"},), "has the id '3', not a whole number")]:
+        with pytest.raises(ValueError, match=message):
+            read_coco(write_coco(tmp_path / "e", images[:1], [], categories))
+
+
+def test_a_split_without_boxes_is_refused(tmp_path):
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}]
+    train = write_coco(tmp_path / "t", images, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]}])
+    empty = write_coco(tmp_path / "v", images, [])
+    with pytest.raises(ValueError, match="has no usable boxes to validate on"):
+        load_detection_data(str(train), str(empty))
+    with pytest.raises(ValueError, match="has no usable boxes to train on"):
+        load_detection_data(str(empty), str(train))

@@ -128,6 +128,11 @@ def test_predict_prints_and_draws_boxes(trained, capsys, tmp_path):
     code, text, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", image, "--min-score", "0",
                               "--top-k", "2")
     assert code == 0 and text.splitlines() == [f"{image}: 2 object(s)", *boxes[:2]]  # the best 2
+    namesake = data["val"].parent / "train" / "000001.png"  # the same name in another folder
+    code, text, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", image, namesake, "--top-k", "1",
+                              "--save", tmp_path / "both")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "both").iterdir()) == [
+        "000001-boxes-2.png", "000001-boxes.png"]
 
 
 def randomized(model):

@@ -113,14 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input side (default: the checkpoint's; 224 for --model)")
     p.add_argument("--top-k", type=int, default=None,
                    help="classes to print per image (default 5); detectors: the best K boxes (default all)")
-    p.add_argument("--min-score", type=float, default=0.3, help="detectors: boxes scored at least this")
+    p.add_argument("--min-score", type=float, default=0.3, help="detectors: boxes scored at least this "
+                   "(default 0.3)")
     p.add_argument("--save", metavar="DIR", help="detectors: write each image with its boxes drawn into DIR")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
 
     p = _subparser(sub, "train", "train a model from scratch or fine-tune it from weights (or resume a run)")
     _add_train_args(p)
 
-    p = _subparser(sub, "eval", "top-1, top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
+    p = _subparser(sub, "eval", "top-1, top-5, loss, per-class accuracy and confusion matrix of a checkpoint; "
+                   "a detector's COCO mAP")
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (best.pt / last.pt) or a model from `mobilenets export`")
     p.add_argument("--data", required=True,
@@ -154,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="input side (default: the checkpoint's, else 224)")
     p.add_argument("--int8", action="store_true",
                    help="post-training static int8 quantization (onnx, openvino, executorch, tflite)")
-    p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder")
-    p.add_argument("--calib-size", type=int, default=None, help="--int8: calibration images (default 300)")
+    p.add_argument("--calib-data", help="--int8 calibration images: fashion-mnist or an image folder; detectors: a "
+                   "COCO JSON file or a VOC folder, also the images an fp32 export is verified on")
+    p.add_argument("--calib-size", type=int, default=None, help="calibration images (default 300)")
 
     from .bench import BACKENDS
 
@@ -402,13 +405,25 @@ def _predict_boxes(args: argparse.Namespace) -> None:
                            input_size=args.input_size)
     if args.save:
         Path(args.save).mkdir(parents=True, exist_ok=True)
+    drawn: set = set()
     for path, found in zip(args.images, detect(loaded, args.images, args.min_score)):
         found = found[: args.top_k]  # best first
         print(f"{path}: {len(found)} object(s)")
         for d in found:
             print(f"  {d.score:6.2%}  {d.label:<16} {' '.join(f'{v:7.1f}' for v in d.box)}")
         if args.save:
-            print(f"  drawn: {draw(path, found, Path(args.save) / (Path(path).stem + '-boxes.png'))}")
+            print(f"  drawn: {draw(path, found, _unused(Path(args.save) / (Path(path).stem + '-boxes.png'), drawn))}")
+
+
+def _unused(path, taken: set):
+    """``path``, or ``name-2``, ``name-3``... if this command already wrote it (images of one name
+    from two folders)."""
+    candidate, n = path, 1
+    while candidate in taken:
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    taken.add(candidate)
+    return candidate
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -533,11 +548,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import check_export, describe, export_model, load_source
     from .registry import is_detector
 
-    _calib_size(args)
-
     if bool(args.checkpoint) == bool(args.model):
         raise CliError("export needs either --checkpoint PATH or --model NAME [--weights PATH], not both")
-    if is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint)):
+    detector = is_detector(args.model or "") or (args.checkpoint and _is_detector_file(args.checkpoint))
+    _calib_size(args, images_verify=detector)
+    if detector:
         if args.int8 and not args.calib_data:
             raise CliError("--int8 needs --calib-data DATA (a COCO JSON file or a VOC folder)")
         from .detection.export_cli import export_detector_command
@@ -664,17 +679,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(servable, settings, args.host, args.port, access_log=args.access_log, log=log)
 
 
-def _calib_size(args: argparse.Namespace) -> None:
+def _calib_size(args: argparse.Namespace, images_verify: bool = False) -> None:
+    """``--calib-size``'s default; a classifier uses it only with ``--int8`` (a detector's export
+    is also verified on those images)."""
     from .quantize import CALIBRATION_SIZE
 
-    if args.calib_size is not None and not args.int8:
+    if args.calib_size is not None and not args.int8 and not images_verify:
         raise CliError("--calib-size is for --int8 (the images it calibrates on)")
     args.calib_size = CALIBRATION_SIZE if args.calib_size is None else args.calib_size
 
 
 def _check_int8(args: argparse.Namespace) -> None:
     if args.int8 != bool(args.calib_data):
-        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and only --int8 uses it")
+        raise CliError("--int8 needs --calib-data DATA (fashion-mnist or an image folder), and a classifier uses it "
+                       "only with --int8")
 
 
 def _device(name: str):
@@ -727,6 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print(f"mobilenets {args.command}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader went away (`| head`): as cat does, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit too
+        return 141
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -438,6 +438,8 @@ class Trainer:
         return []
 
     def _start(self) -> str:
+        if self.epoch or self.step_in_epoch:
+            return f"resumed at epoch {self.epoch + 1}"
         if self.cfg.weights:
             return f"from {self.cfg.weights}"
         return f"backbone from {self.cfg.weights_backbone}" if self.cfg.weights_backbone else "from scratch"

@@ -93,6 +93,26 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def _whole(value: object) -> int | None:
+    """A COCO category id as an int (7 and 7.0 alike), or ``None`` for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if float(value).is_integer() else None
+
+
+def _is_id(value: object) -> bool:
+    """Image ids are numbers or strings (anything else cannot be looked up)."""
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def _shared_ids(images: list) -> set:
+    seen, shared = set(), set()
+    for img in images:
+        if isinstance(img, dict) and _is_id(img.get("id")):
+            (shared if img["id"] in seen else seen).add(img["id"])
+    return shared
+
+
 def read_coco(path: str | Path) -> Annotations:
     """A COCO JSON file (``images``, ``annotations``, ``categories``); ``file_name`` is relative
     to the JSON's folder."""
@@ -112,27 +132,39 @@ def read_coco(path: str | Path) -> Annotations:
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise ValueError(f"{path}: category #{i} has no 'id' or 'name'")
-        categories[c["id"]] = str(c["name"])
+        cid = _whole(c["id"])
+        if cid is None:
+            raise ValueError(f"{path}: category #{i} ({c['name']}) has the id {c['id']!r}, not a whole number")
+        if cid in categories:
+            raise ValueError(f"{path}: category id {cid} is given twice ({categories[cid]}, {c['name']})")
+        categories[cid] = str(c["name"])
     if not categories:
         raise ValueError(f"{path} has no categories")
     category_ids = sorted(categories)
     label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
-    images = {}
+    images, shared = {}, _shared_ids(data["images"])
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             problems.add("images without 'id' or 'file_name' skipped", f"image #{i}")
             continue
+        where = f"image id {img['id']!r} ({img['file_name']})"
+        if not _is_id(img["id"]):
+            problems.add("images whose id is not a number or a string skipped", where)
+            continue
+        if img["id"] in shared:  # their boxes cannot be told apart
+            problems.add("images sharing their id with another skipped", where)
+            continue
         file = path.parent / str(img["file_name"])
-        where = f"image id {img['id']} ({img['file_name']})"
         if not file.is_file():
             problems.add("images whose file is missing skipped", where)
             continue
-        size = (img.get("width"), img.get("height"))
-        if not all(isinstance(v, int) and v > 0 for v in size):
-            size = _image_size(file)
-            if size is None:
-                problems.add("images that cannot be read skipped", where)
-                continue
+        size = _image_size(file)  # its header: an image that cannot be opened is counted now, not met later
+        if size is None:
+            problems.add("images that cannot be read skipped", where)
+            continue
+        if (img.get("width"), img.get("height")) not in ((None, None), size):
+            problems.add("images whose width and height are not the file's: the file's used",
+                         f"{where}: {img.get('width')}x{img.get('height')}, the file {size[0]}x{size[1]}")
         images[img["id"]] = (str(file), *size)
     boxes: dict[int, list] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
@@ -140,11 +172,11 @@ def read_coco(path: str | Path) -> Annotations:
         if not isinstance(ann, dict) or any(k not in ann for k in ("image_id", "category_id", "bbox")):
             problems.add("annotations without 'image_id', 'category_id' or 'bbox' skipped", where)
             continue
-        if ann["category_id"] not in label_of:
-            problems.add("annotations of an unknown category skipped", f"{where}: category {ann['category_id']}")
+        if _whole(ann["category_id"]) not in label_of:
+            problems.add("annotations of an unknown category skipped", f"{where}: category {ann['category_id']!r}")
             continue
-        if ann["image_id"] not in images:
-            problems.add("annotations of an unknown or skipped image skipped", f"{where}: image {ann['image_id']}")
+        if not _is_id(ann["image_id"]) or ann["image_id"] not in images:
+            problems.add("annotations of an unknown or skipped image skipped", f"{where}: image {ann['image_id']!r}")
             continue
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
@@ -154,7 +186,7 @@ def read_coco(path: str | Path) -> Annotations:
         x, y, w, h = (float(v) for v in bbox)
         box = check_box(x, y, x + w, y + h, width, height, where, problems)
         if box is not None:
-            boxes[ann["image_id"]].append((box, label_of[ann["category_id"]], bool(ann.get("iscrowd", 0))))
+            boxes[ann["image_id"]].append((box, label_of[_whole(ann["category_id"])], bool(ann.get("iscrowd", 0))))
     records = [
         ImageRecord(file, image_id, width, height, tuple(b for b, _, _ in boxes[image_id]),
                     tuple(label for _, label, _ in boxes[image_id]), tuple(c for _, _, c in boxes[image_id]))
@@ -185,13 +217,14 @@ def read_voc(root: str | Path, split: str, class_names: list[str] | None = None)
         if not image.is_file():
             problems.add("images whose file is missing skipped", f"{name} ({image.name})")
             continue
-        try:
-            size = (int(tree.findtext("size/width")), int(tree.findtext("size/height")))
-        except (TypeError, ValueError):
-            size = _image_size(image)
-            if size is None:
-                problems.add("images that cannot be read skipped", name)
-                continue
+        size = _image_size(image)
+        if size is None:
+            problems.add("images that cannot be read skipped", name)
+            continue
+        declared = (tree.findtext("size/width"), tree.findtext("size/height"))
+        if None not in declared and declared != tuple(map(str, size)):
+            problems.add("images whose width and height are not the file's: the file's used",
+                         f"{name}: {declared[0]}x{declared[1]}, the file {size[0]}x{size[1]}")
         objects = []
         for k, obj in enumerate(tree.findall("object")):
             where = f"{name} object {k}"

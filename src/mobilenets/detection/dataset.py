@@ -131,11 +131,20 @@ def load_detection_data(data: str, val_data: str | None = None) -> DetectionData
     if not val_data:
         raise ValueError("COCO JSON training data needs --val-data VAL.json")
     train, val = read_coco(path), read_coco(val_data)
-    if (val.class_names, val.category_ids) != (train.class_names, train.category_ids):
-        raise ValueError(f"{val_data} and {data} have different categories")
-    if not train.records or not val.records:
-        raise ValueError(f"no usable images in {data if not train.records else val_data}")
+    _same_categories(val, train.class_names, train.category_ids, f"{data} has")
+    for split in (train, val):
+        if not split.records:
+            raise ValueError(f"no usable images in {split.source}")
+        if not split.num_boxes:
+            raise ValueError(f"{split.source} has no usable boxes to {'train' if split is train else 'validate'} on")
     return DetectionData(str(path), train, val)
+
+
+def _same_categories(annotations: Annotations, class_names: list[str], category_ids: list[int], theirs: str) -> None:
+    if (annotations.class_names, annotations.category_ids) != (class_names, category_ids):
+        mine = list(zip(annotations.category_ids, annotations.class_names))
+        raise ValueError(f"{annotations.source} has the categories (id, name) {mine}; {theirs} "
+                         f"{list(zip(category_ids, class_names))}")
 
 
 def load_eval_annotations(data: str, class_names: list[str], category_ids: list[int]) -> Annotations:
@@ -145,8 +154,9 @@ def load_eval_annotations(data: str, class_names: list[str], category_ids: list[
     if not path.is_dir() and path.suffix.lower() != ".json":
         raise ValueError(f"{data}: a detector is measured on a COCO JSON file or a Pascal VOC folder")
     annotations = read_voc(path, "val", class_names) if path.is_dir() else read_coco(path)
-    if (annotations.class_names, annotations.category_ids) != (class_names, category_ids):
-        raise ValueError(f"{data} has categories {annotations.class_names}, the detector was trained on {class_names}")
+    _same_categories(annotations, class_names, category_ids, "the detector was trained on")
     if not annotations.records:
         raise ValueError(f"no usable images in {data}")
+    if not annotations.num_boxes:
+        raise ValueError(f"{data} has no usable boxes: the mAP is undefined")
     return annotations
