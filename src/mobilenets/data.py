@@ -304,7 +304,7 @@ def load_data(
     Fashion-MNIST holds out 5,000 of its 60,000 training images for validation (or the
     fraction ``val_split``) and keeps its 10,000 test images for the end. ``subset`` keeps the
     first N training and N // 6 validation and test images (for quick runs and tests); both
-    sources come shuffled (seeded), so these are a random sample of every class. Image
+    sources come shuffled (seeded), so these are a random sample across the classes. Image
     files get their transforms from ``DataBundle.set_transforms``.
     """
     if data == "fashion-mnist":
