@@ -111,6 +111,8 @@ def test_eval_reports_coco_map(trained, capsys):
     assert code == 0 and metrics["images"] == 6
     assert set(metrics) >= {"map", "map50", "map75", "map_small", "map_medium", "map_large"}
     assert 0 <= metrics["map"] <= metrics["map50"] <= 1
+    sizes = [metrics[k] for k in ("map_small", "map_medium", "map_large")]
+    assert all(v is None or 0 <= v <= 1 for v in sizes)  # null: no object of that size, never -1
 
 
 def test_predict_prints_and_draws_boxes(trained, capsys, tmp_path):

@@ -534,12 +534,12 @@ def _eval_boxes(args: argparse.Namespace, device) -> None:
         print(line, file=sys.stderr)
     metrics = evaluate_detector(loaded.model.to(device), annotations, Dist(device=device),
                                 batch_size=args.batch_size, workers=args.workers)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-        return
-    print(f"{args.checkpoint} on {annotations.summary()}:")
     names = {"map": "mAP@[.5:.95]", "map50": "AP50", "map75": "AP75", "map_small": "AP small",
              "map_medium": "AP medium", "map_large": "AP large"}
+    if args.json:  # COCOeval's -1 (no object of that size) is no fraction: null
+        print(json.dumps({k: None if k in names and v < 0 else v for k, v in metrics.items()}, indent=2))
+        return
+    print(f"{args.checkpoint} on {annotations.summary()}:")
     for key, name in names.items():
         print(f"  {name:<13} {100 * metrics[key]:6.2f} %" if metrics[key] >= 0 else f"  {name:<13}    n/a")
 
