@@ -151,6 +151,12 @@ def test_too_small_input(shape):
         model(torch.randn(*shape))
 
 
+def test_uint8_images_are_named():
+    model = mobilenets.create_model("mobilenet_v1", width_mult=0.25).eval()
+    with pytest.raises(ValueError, match="expected a floating-point input .*got torch.uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
 def test_wrong_channel_count():
     model = mobilenets.create_model("mobilenet_v1", width_mult=0.25, in_chans=1).eval()
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):

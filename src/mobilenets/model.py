@@ -160,3 +160,6 @@ def check_input(x: Tensor, in_chans: int) -> None:
             f"input {x.shape[-2]}x{x.shape[-1]} is too small: MobileNets need at least "
             f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (five stride-2 layers)"
         )
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point input (images scaled and normalised, e.g. by "
+                         f"Preprocess.batch_transform()), got {x.dtype}")
