@@ -371,17 +371,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def _image_files(paths: Sequence[str]) -> list[str]:
     """``paths`` with each folder replaced by the images in it (sorted; not recursive)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from .data import IMG_EXTENSIONS, images_in
 
     files = []
     for path in paths:
         if not os.path.isdir(path):
             files.append(path)
             continue
-        found = sorted(e.path for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+        found = images_in(path)
         if not found:
             raise CliError(f"no images in folder {path} (extensions: {', '.join(IMG_EXTENSIONS)})")
-        files += found
+        files += map(str, found)
     return files
 
 

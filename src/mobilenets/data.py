@@ -193,8 +193,14 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+def images_in(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder`` (not in its sub-folders), sorted."""
+    return sorted(Path(e.path) for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+
+
 def _check_every_class_has_images(root: Path, classes: list[str], samples: Sequence[tuple[str, int]]) -> None:
-    empty = [name for i, name in enumerate(classes) if i not in {label for _, label in samples}]
+    used = {label for _, label in samples}
+    empty = [name for i, name in enumerate(classes) if i not in used]
     if empty:
         raise ValueError(f"class folder(s) of {root} without images: {', '.join(empty)} (remove them or add images)")
 

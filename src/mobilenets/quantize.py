@@ -80,11 +80,11 @@ def calibration_batches(
 
 def _unlabelled_images(root: Path) -> list[Path]:
     """The images directly in ``root`` when it has no sub-folders (no classes), sorted."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from .data import images_in
 
     if not root.is_dir() or any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
         return []
-    return sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+    return images_in(root)
 
 
 def _quantize_onnx_runtime(src: Path, dst: Path, batches: Sequence[Tensor], meta: str) -> None:

@@ -156,8 +156,8 @@ class Trainer:
 
     def _train_loader(self, skip_batches: int = 0) -> DataLoader:
         train = self.task.train_set
-        batch = min(self.recipe.batch_size, len(train) // self.dist.world_size)
-        if batch < 2:
+        batch = self.recipe.batch_size  # no more than the images of a process (__init__)
+        if min(batch, len(train) // self.dist.world_size) < 2:
             raise TrainingError(f"the training set has {len(train)} images: too few to train on")
         sampler = DistributedSampler(
             train, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=self.cfg.seed,
