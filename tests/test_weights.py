@@ -1,6 +1,7 @@
 """Weights saved by torchvision and timm load into the matching models and give the same logits."""
 
 import contextlib
+import re
 
 import pytest
 import timm
@@ -220,6 +221,14 @@ def test_corrupt_weights_file_names_the_fault_not_torchs_advice(tmp_path):
     with pytest.raises(ValueError) as info:
         mobilenets.create_model("mobilenet_v1", weights=tmp_path / "bad.pt")
     assert str(info.value) == f"{tmp_path / 'bad.pt'} is not a readable PyTorch checkpoint (Unsupported operand 110)"
+
+
+@pytest.mark.parametrize(("name", "kind"), [("bad.ts", "TorchScript file or PyTorch checkpoint"),
+                                            ("bad.pt2", "torch.export archive (.pt2)")])
+def test_corrupt_export_is_named_by_its_suffix(tmp_path, name, kind):
+    (tmp_path / name).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / name))} is not a readable {re.escape(kind)} \("):
+        mobilenets.create_model("mobilenet_v1", weights=tmp_path / name)
 
 
 def test_finetuning_reinitialises_a_classifier_for_other_classes(tmp_path):

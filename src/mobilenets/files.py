@@ -105,11 +105,17 @@ def _load_error(path: Path, e: Exception) -> str:
             return (f"{path} holds a pickled Python object ({pickled.group(1)}), not tensors: save "
                     f"model.state_dict() instead (checkpoints are read with weights_only=True, so no code in "
                     f"them runs)")
-        return f"{path} is not a readable PyTorch checkpoint ({fact})"
+        return f"{path} is not a readable {_kind(path)} ({fact})"
     reason = text.splitlines()[0] if text else type(e).__name__
     if text and not isinstance(e, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)):
         reason = f"{type(e).__name__}: {reason}"  # the type says what the bare text does not
-    return f"{path} is not a readable PyTorch checkpoint ({reason})"
+    return f"{path} is not a readable {_kind(path)} ({reason})"
+
+
+def _kind(path: Path) -> str:
+    """What a file that failed to load was meant to be, by its name (.ts and .pt2 are exports)."""
+    return {".ts": "TorchScript file or PyTorch checkpoint", ".pt2": "torch.export archive (.pt2)"}.get(
+        path.suffix.lower(), "PyTorch checkpoint")
 
 
 def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:

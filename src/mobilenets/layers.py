@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .kernels.bn_act import batch_norm_act
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -63,7 +65,7 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type == "cpu" and self.training and torch.is_grad_enabled():  # exports trace the plain path
-            return self.act(self.bn(self._conv_for_cpu_training(x)))
+            return batch_norm_act(self.bn, self.act, self._conv_for_cpu_training(x))
         return self.act(self.bn(self.conv(x)))
 
     def _conv_for_cpu_training(self, x: Tensor) -> Tensor:

@@ -1,0 +1,98 @@
+"""Building a kernel of this package for this CPU, once, and loading it.
+
+Kernels are compiled with ``-march=native``, so a build is kept per source, torch version and CPU
+(its feature flags) under ``~/.cache/mobilenets/kernels``; set ``MOBILENETS_KERNELS=0`` to use
+PyTorch's own ops instead. Without a compiler, or when a build fails, the package says so once and
+falls back to PyTorch's ops: a kernel only makes a step faster, never changes what it computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SWITCH = "MOBILENETS_KERNELS"
+FLAGS = ("-O3", "-march=native", "-fopenmp") + (
+    ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()  # AVX-512 where it is
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mobilenets" / "kernels"
+
+
+@functools.cache
+def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
+    """The kernel ``name`` (``kernels/NAME.cpp``) with its ``functions``, or None where it cannot be had."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    source = Path(__file__).with_name(f"{name}.cpp").read_text()
+    key = "\n".join([source, *FLAGS, torch.__version__, _cpu_features()])
+    module = f"mobilenets_{name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    library = cache_dir() / f"{module}.so"
+    try:
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(library.with_suffix(".lock")):  # one build at a time (torchrun, test workers)
+            if not library.exists():
+                print(f"building the {name} kernel for this CPU (once, about 30 s)", file=sys.stderr)
+                _build(module, source, functions, library)
+        spec = importlib.util.spec_from_file_location(module, library)
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        return loaded
+    except Exception as exc:  # no compiler, a failed build, an unreadable cache: PyTorch's ops do the work
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"warning: the {name} kernel is not available ({reason}); using PyTorch's ops", file=sys.stderr)
+        return None
+
+
+def _build(module: str, source: str, functions: tuple[str, ...], library: Path) -> None:
+    """Compiles into a scratch folder, then moves the library in place: a killed build leaves nothing."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
+    from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:  # the pip package's binary, when the venv is not on PATH
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        cpp_extension.load_inline(module, [source], functions=list(functions), extra_cflags=list(FLAGS),
+                                  extra_ldflags=["-fopenmp"], build_directory=scratch)
+        os.replace(Path(scratch) / f"{module}.so", library)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An advisory lock that the system drops when its holder dies (no stale lock after a kill)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, at worst two processes build the same file
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (a ``-march=native`` build runs only where they all are)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    return f"{platform.machine()} {platform.processor()}"
