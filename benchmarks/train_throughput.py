@@ -5,7 +5,9 @@ resolution, with the same optimizer (SGD, Nesterov momentum 0.9). The peer is th
 PyTorch user writes first: timm ``mobilenetv1_100``, default memory format, fp32. Our side is
 ``Trainer._step`` exactly as ``mobilenets train`` runs it (augmentation, preprocessing, loss,
 backward, optimizer, scheduler and EMA included). The two are timed in alternating rounds in one
-process, and the ratio of the medians is printed.
+process, and the ratio of the medians is printed. Where the fused batch-norm kernel is built
+(``mobilenets/kernels``), our step is also timed with PyTorch's batch norm and activation in the
+same rounds, so that the kernel's share shows.
 
     .venv/bin/python benchmarks/train_throughput.py --recipe fashion-mnist --input-size 56 --batch-size 128
 """
@@ -21,6 +23,7 @@ import timm
 import torch
 from torch.nn import functional as F
 
+from mobilenets.kernels import bn_act
 from mobilenets.run_config import make_config
 from mobilenets.train import Trainer
 
@@ -64,10 +67,23 @@ def main() -> None:
             loss.backward()
             peer_opt.step()
 
-    ours(), plain()  # warm-up
-    times: dict[str, list[float]] = {"mobilenets": [], "plain timm": []}
+    kernel = bn_act.kernel
+
+    def ours_unfused() -> None:
+        bn_act.kernel = lambda: None
+        try:
+            ours()
+        finally:
+            bn_act.kernel = kernel
+
+    contestants = {"mobilenets": ours, "plain timm": plain}
+    if kernel() is not None:
+        contestants["unfused"] = ours_unfused
+    for fn in contestants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contestants}
     for _ in range(args.rounds):
-        for name, fn in (("mobilenets", ours), ("plain timm", plain)):
+        for name, fn in contestants.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -77,9 +93,16 @@ def main() -> None:
     print(f"MobileNet V1 {args.width_mult:g}, {args.input_size}x{args.input_size}, batch {args.batch_size}, "
           f"{args.threads} threads, {args.rounds} rounds of {args.steps} steps; medians")
     print(f"  mobilenets train step ({r.name}: channels_last={r.channels_last}, amp={r.amp}, "
-          f"compile={r.compile}, EMA={r.ema_decay}): {rates['mobilenets']:8.1f} images/s")
+          f"compile={r.compile}, EMA={r.ema_decay}, fused BN={'unfused' in rates}): "
+          f"{rates['mobilenets']:8.1f} images/s")
+    if "unfused" in rates:
+        print(f"  the same step with PyTorch's batch norm and activation:  {rates['unfused']:8.1f} images/s")
     print(f"  plain eager timm mobilenetv1_100 (fp32, contiguous):     {rates['plain timm']:8.1f} images/s")
-    print(f"  ratio: {rates['mobilenets'] / rates['plain timm']:.2f}x")
+    print(f"  ratio: {rates['mobilenets'] / rates['plain timm']:.2f}x", end="")
+    if "unfused" in rates:
+        print(f" (without the fused kernel {rates['unfused'] / rates['plain timm']:.2f}x; "
+              f"the kernel {rates['mobilenets'] / rates['unfused']:.2f}x)", end="")
+    print()
 
 
 if __name__ == "__main__":

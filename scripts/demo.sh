@@ -16,7 +16,7 @@ run() { printf '+ mobilenets %s\n' "$*"; "$PY" -m mobilenets "$@"; }
 step "cost: MobileNet V1 against the paper's tables"
 run cost --paper
 
-step "train: MobileNet V1 x$WIDTH on Fashion-MNIST, $EPOCHS epochs (the full recipe: x1.0, 20 epochs; docs/results.md)"
+step "train: MobileNet V1 x$WIDTH on Fashion-MNIST, $EPOCHS epochs (the full recipe: x1.0, 40 epochs; docs/results.md)"
 run train --model mobilenet_v1 --data fashion-mnist --recipe fashion-mnist --width-mult "$WIDTH" --epochs "$EPOCHS" \
   --out "$OUT"
 

@@ -8,11 +8,18 @@ from exports import SIZE, small_model
 from PIL import Image
 
 import mobilenets
+from mobilenets.kernels import bn_act
 from mobilenets.preprocess import Preprocess
 
 # Tests run two workers on two cores: one thread each keeps them from fighting.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_built():
+    """Builds the CPU training kernel before any test (once per machine), so no test's output holds its line."""
+    bn_act.kernel()
 
 
 @pytest.fixture(autouse=True)
