@@ -37,12 +37,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast on our side (default: the recipe's; --no-amp times the fp32 step)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as out:
         cfg = make_config("mobilenet_v1", "fashion-mnist", out, args.recipe, width_mult=args.width_mult,
-                          input_size=args.input_size, batch_size=args.batch_size)
+                          input_size=args.input_size, batch_size=args.batch_size, amp=args.amp)
         trainer = Trainer(cfg, quiet=True)
     batches = []
     for images, labels in trainer.train_loader:
