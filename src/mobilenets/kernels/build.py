@@ -3,7 +3,7 @@
 Kernels are compiled with ``-march=native``, so a build is kept per source, torch version and CPU
 (its feature flags) under ``~/.cache/mobilenets/kernels``; set ``MOBILENETS_KERNELS=0`` to use
 PyTorch's own ops instead. Without a compiler, or when a build fails, the package says so once and
-falls back to PyTorch's ops: a kernel only makes a step faster, never changes what it computes.
+falls back to PyTorch's ops: a kernel makes a step faster and computes the same values (to rounding).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -52,7 +53,8 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
         loaded = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(loaded)
         return loaded
-    except Exception as exc:  # no compiler, a failed build, an unreadable cache: PyTorch's ops do the work
+    except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as exc:  # no compiler, a failed
+        # build, an unreadable cache: PyTorch's ops do the work (SIGTERM's exception still goes through)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"warning: the {name} kernel is not available ({reason}); using PyTorch's ops", file=sys.stderr)
         return None
