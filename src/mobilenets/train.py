@@ -288,6 +288,7 @@ class Trainer:
                     if not self.step_in_epoch:
                         seed_epoch(self.cfg.seed, self.dist.rank, self.epoch)
                         self.train_loader.sampler.set_epoch(self.epoch)
+                    self.task.begin_epoch(self.epoch)
                     stats = self._train_epoch(stop)
                     if stats is None:
                         self._save_checkpoint(best=False)
