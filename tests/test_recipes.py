@@ -150,5 +150,6 @@ def test_progressive_resizing_trains_at_the_epochs_size(tmp_path, capfd):
     assert trained == [32, 32, 32, 48] * 2 + [40, 40, 40, 48] + [48] * 4  # epochs at 32, 32, 40, 48 px
     # the statistics recomputed for validation, and validation itself, are at the input size whatever the epoch
     assert {side for training, side in seen if not training} == {48}
-    assert "input 32 growing to 48" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "input 32 growing to 48" in err and "note: validation is at 48 px from the start, so it reads low" in err
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]["start_size"] == 32

@@ -122,6 +122,9 @@ class Trainer:
         if r.batch_size != asked:
             self.notes.append(f"note: batch {asked} is more than the {images} training images per process: "
                               f"batch {images}, one step an epoch")
+        if r.start_size and not resume:
+            self.notes.append(f"note: validation is at {r.input_size} px from the start, so it reads low while the "
+                              f"training images are smaller (from {r.start_size} px; the model sees another scale)")
         if r.freeze_backbone:
             freeze_backbone(self.model)
         self.model_args = self.model.args
