@@ -142,7 +142,7 @@ def test_progressive_resizing_trains_at_the_epochs_size(tmp_path, capfd):
                       start_size=32, epochs=4, batch_size=8, bn_recompute=1)
     trainer = Trainer(cfg)
     seen: list[tuple[bool, int]] = []  # (training?, side) of every forward
-    for model in (trainer.model, trainer.ema.module):  # steps train the one; BN recomputation and validation use the EMA
+    for model in (trainer.model, trainer.ema.module):  # steps train the one; BN statistics and validation: the EMA
         model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
     trainer.run()
     # per epoch 3 steps, then one batch (training mode) for the BN statistics; validation in eval mode

@@ -443,8 +443,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {
         k: getattr(args, k)
         for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "weights_backbone",
-                  "val_data", "reduced_tail", "width_mult",
-                  "input_size", "start_size", "epochs", "batch_size", "optimizer", "lr", "lr_floor", "weight_decay", "warmup_epochs",
+                  "val_data", "reduced_tail", "width_mult", "input_size", "start_size",
+                  "epochs", "batch_size", "optimizer", "lr", "lr_floor", "weight_decay", "warmup_epochs",
                   "label_smoothing", "hflip", "min_crop", "pad", "erase", "mixup", "cutmix", "dropout", "box_augment",
                   "ema_decay", "bn_recompute", "amp", "channels_last", "compile", "freeze_backbone",
                   "backbone_lr_scale")
