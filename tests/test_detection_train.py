@@ -237,9 +237,6 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
                            "--cutmix", "1", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "--cutmix is for classifiers; ssdlite_mobilenet_v3_small is a detector")
     code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--val-data", data["val"],
-                           "--start-size", "160", "--out", tmp_path / "r")
-    assert_one_line_error(code, err, "--start-size is for classifiers; ssdlite_mobilenet_v3_small is a detector")
-    code, _, err = run_cli(capsys, "train", *MODEL, "--data", data["train"], "--val-data", data["val"],
                            "--weights-backbone", out / "best.pt", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "holds a detector's weights; a backbone starts from a classifier's")
     (tmp_path / "bad.json").write_text("{}")

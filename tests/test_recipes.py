@@ -72,8 +72,7 @@ def test_another_optimizer_brings_its_own_defaults():
 
 @pytest.mark.parametrize("field, value", [("hflip", 1.5), ("min_crop", 0.0), ("weight_decay", -1.0),
                                           ("warmup_epochs", -1.0), ("epochs", 0), ("backbone_lr_scale", 0.0),
-                                          ("mixup", -0.2), ("cutmix", -1.0), ("erase", 1.5), ("dropout", 2.0),
-                                          ("start_size", -8)])
+                                          ("mixup", -0.2), ("cutmix", -1.0), ("erase", 1.5), ("dropout", 2.0)])
 def test_bad_values_are_named(field, value):
     with pytest.raises(ValueError, match=field.replace("_", "-") + " must be in"):
         get_recipe("default").replace(**{field: value})
@@ -124,32 +123,3 @@ def test_batch_mix_blends_images_and_labels_alike():
             assert torch.allclose(mixed, own * images + (1 - own) * images.roll(1, 0), atol=1e-6)
         elif not mixup:  # CutMix: a rectangle pasted from the neighbour, its area the neighbour's share
             assert (mixed == images).float().mean().item() == pytest.approx(own)
-
-
-def test_progressive_resizing_grows_the_training_size_late_and_evaluates_at_the_input_size():
-    r = get_recipe("fashion-mnist").replace(epochs=20, start_size=48)
-    sizes = [r.input_size_at(e) for e in range(20)]
-    assert sizes[:11] == [48] * 11 and sizes[-5:] == [72] * 5  # SIZE_RAMP: from half the run to 85 %
-    assert sizes == sorted(sizes) and {s % 8 for s in sizes} == {0} and set(sizes) == {48, 56, 64, 72}
-    assert [get_recipe("fashion-mnist").input_size_at(e) for e in (0, 39)] == [72, 72]  # off: always the input size
-    with pytest.raises(ValueError, match="start-size 80 is larger than input-size 72"):
-        r.replace(start_size=80)
-
-
-def test_progressive_resizing_trains_at_the_epochs_size(tmp_path, capfd):
-    root = image_folder(tmp_path / "d", classes=2, per_class=12, size=20, channels=1)
-    cfg = make_config("mobilenet_v1", str(root), str(tmp_path / "run"), width_mult=0.25, input_size=48,
-                      start_size=32, epochs=4, batch_size=8, bn_recompute=1)
-    trainer = Trainer(cfg)
-    seen: list[tuple[bool, int]] = []  # (training?, side) of every forward
-    for model in (trainer.model, trainer.ema.module):  # steps train the one; BN statistics and validation: the EMA
-        model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
-    trainer.run()
-    # per epoch 3 steps, then one batch (training mode) for the BN statistics; validation in eval mode
-    trained = [side for training, side in seen if training]
-    assert trained == [32, 32, 32, 48] * 2 + [40, 40, 40, 48] + [48] * 4  # epochs at 32, 32, 40, 48 px
-    # the statistics recomputed for validation, and validation itself, are at the input size whatever the epoch
-    assert {side for training, side in seen if not training} == {48}
-    err = capfd.readouterr().err
-    assert "input 32 growing to 48" in err and "note: validation is at 48 px from the start, so it reads low" in err
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["recipe"]["start_size"] == 32

@@ -217,12 +217,6 @@ def test_resume_without_checkpoint(fmnist, tmp_path, capsys):
     assert code == 2 and "--resume: no checkpoint at" in err and len(err.strip().splitlines()) == 1
 
 
-def test_start_size_above_the_input_size_is_one_line(fmnist, tmp_path, capsys):
-    code = main(["train", "--model", "mobilenet_v1", "--data", "fashion-mnist", "--recipe", "fashion-mnist",
-                 "--start-size", "96", "--out", str(tmp_path / "x")])
-    assert_one_line_error(code, capsys.readouterr().err, "start-size 96 is larger than input-size 72")
-
-
 @pytest.mark.parametrize(
     "data, message",
     [

@@ -119,8 +119,7 @@ def describe(recipe: Recipe, in_memory: bool = False) -> str:
     """One line of the values a run trains with (printed at its start)."""
     r = recipe
     parts = [
-        f"{r.epochs} epochs", f"batch {r.batch_size}",
-        f"input {r.start_size} growing to {r.input_size}" if r.start_size else f"input {r.input_size}",
+        f"{r.epochs} epochs", f"batch {r.batch_size}", f"input {r.input_size}",
         f"{r.optimizer} lr {r.lr:g} per {r.lr_batch}", f"weight decay {r.weight_decay:g}",
         schedule_text(r),
         f"label smoothing {r.label_smoothing:g}", f"EMA {r.ema_decay:g}" if r.ema_decay else "no EMA",

@@ -252,9 +252,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe overrides (default: the recipe's value)")
     g.add_argument("--width-mult", type=_number, default=None, help="width multiplier alpha")
     g.add_argument("--input-size", type=int, default=None, help="input side in pixels (rho = size / 224)")
-    g.add_argument("--start-size", type=int, default=None, metavar="PX",
-                   help="classifiers: progressive resizing, training at PX first and growing to the input size "
-                   "between 50 and 85 %% of the epochs (evaluation always at the input size; 0: off)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None, help="images per process and step")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
@@ -443,8 +440,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {
         k: getattr(args, k)
         for k in ("seed", "device", "val_split", "in_chans", "workers", "subset", "weights", "weights_backbone",
-                  "val_data", "reduced_tail", "width_mult", "input_size", "start_size",
-                  "epochs", "batch_size", "optimizer", "lr", "lr_floor", "weight_decay", "warmup_epochs",
+                  "val_data", "reduced_tail", "width_mult",
+                  "input_size", "epochs", "batch_size", "optimizer", "lr", "lr_floor", "weight_decay", "warmup_epochs",
                   "label_smoothing", "hflip", "min_crop", "pad", "erase", "mixup", "cutmix", "dropout", "box_augment",
                   "ema_decay", "bn_recompute", "amp", "channels_last", "compile", "freeze_backbone",
                   "backbone_lr_scale")

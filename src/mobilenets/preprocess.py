@@ -31,12 +31,10 @@ class BatchPreprocess(torch.nn.Module):
         self.input_size = input_size
         self.channels_last = channels_last
 
-    def forward(self, x: Tensor, size: int | None = None) -> Tensor:
-        """``size``: another side than ``input_size`` (a progressively resized training batch)."""
-        size = size or self.input_size
+    def forward(self, x: Tensor) -> Tensor:
         x = (x.float() - self.mean) * self.inv_std
-        if x.shape[-2:] != (size, size):
-            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = torch.nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 

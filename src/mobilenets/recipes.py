@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from .detection.specs import DefaultBoxes, check_box_scales
 
 AUTO = None  # a field the default recipe decides from the data (adapt.py)
-# progressive resizing: the fractions of the run over which the training size grows from
-# ``start_size`` to ``input_size`` (late, as FFCV's ImageNet configs ramp: most of the run is cheap)
-SIZE_RAMP = (0.5, 0.85)
-SIZE_STEP = 8  # the sizes in between are multiples of this above start_size: few distinct shapes
 SSD_BOX_SCALES = (DefaultBoxes.min_scale, DefaultBoxes.max_scale)  # SSD Sec. 2.2's s_min and s_max
 
 
@@ -87,10 +83,6 @@ class Recipe:
     # detection: the smallest and largest default-box scale, as fractions of the input side (SSD
     # Sec. 2.2's s_min and s_max); AUTO: fitted to the training boxes
     box_scales: tuple[float, float] | None = SSD_BOX_SCALES
-    # progressive resizing (fast.ai, FFCV): classifiers train at start_size px first and grow to
-    # input_size over SIZE_RAMP of the run, so that early epochs cost less; 0: always input_size.
-    # Evaluation is always at input_size.
-    start_size: int = 0
     eval_crop: float | None = 0.875  # centre crop of the evaluation transform (ImageNet's 224 / 256); AUTO
     ema_decay: float | None = 0.0  # 0 turns the exponential moving average of weights off; AUTO: follows the steps
     # classifiers: training batches over which the evaluated weights' BN statistics are recomputed
@@ -117,16 +109,13 @@ class Recipe:
             "erase": (0, 1, True), "mixup": (0, math.inf, True), "cutmix": (0, math.inf, True),
             "dropout": (0, 1, True), "eval_crop": (0, 1, False), "ema_decay": (0, 1, True),
             "pad": (0, math.inf, True), "lr_floor": (0, 1, True), "bn_recompute": (0, math.inf, True),
-            "backbone_lr_scale": (0, math.inf, False), "start_size": (0, math.inf, True),
+            "backbone_lr_scale": (0, math.inf, False),
         }
         for name, (low, high, closed) in ranges.items():
             value = getattr(self, name)
             if value is not None and not (low <= value <= high and (closed or value > low)):
                 interval = f"{'[' if closed else '('}{low:g}, {high:g}]".replace("inf]", "inf)")
                 raise ValueError(f"{name.replace('_', '-')} must be in {interval}, got {value!r}")
-        if self.start_size and self.input_size is not None and self.start_size > self.input_size:
-            raise ValueError(f"start-size {self.start_size} is larger than input-size {self.input_size}: progressive "
-                             "resizing grows the training images to the input size")
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -138,17 +127,6 @@ class Recipe:
         if self.lr is AUTO:
             defaults["lr"] = AUTO
         return dataclasses.replace(self, optimizer=name, **defaults)
-
-    def input_size_at(self, epoch: int) -> int:
-        """The training input size of ``epoch`` (0-based) under progressive resizing (``start_size``)."""
-        if not self.start_size:
-            return self.input_size
-        low, high = SIZE_RAMP
-        done = (epoch + 1) / self.epochs  # the share of the run at the epoch's end: the last is at full size
-        t = min(max((done - low) / (high - low), 0.0), 1.0)
-        if t == 1.0:
-            return self.input_size
-        return self.start_size + SIZE_STEP * round(t * (self.input_size - self.start_size) / SIZE_STEP)
 
     @property
     def unresolved(self) -> list[str]:

@@ -49,7 +49,7 @@ class TrainConfig:
 
 
 # Recipe fields only one kind of model uses: asking for them on the other is a mistake worth a message.
-CLASSIFIER_ONLY = ("erase", "mixup", "cutmix", "dropout", "bn_recompute", "start_size")
+CLASSIFIER_ONLY = ("erase", "mixup", "cutmix", "dropout", "bn_recompute")
 DETECTOR_ONLY = ("box_scales",)
 
 # These may change when a run is resumed; everything else must match the checkpoint.

@@ -47,7 +47,6 @@ class Task(Protocol):
     def build_model(self, cfg: TrainConfig) -> nn.Module: ...
     def collate(self, batch: list) -> Any: ...
     def batch_size_of(self, batch: Any) -> int: ...
-    def begin_epoch(self, epoch: int) -> None: ...
     def step(self, net: nn.Module, batch: Any, device: torch.device,
              autocast: Callable[[], contextlib.AbstractContextManager]) -> StepResult: ...
     def evaluate(self, model: nn.Module, dist: Dist, split: str = "val", workers: int = 0) -> dict[str, float]: ...
@@ -81,10 +80,6 @@ class ClassificationTask:
         self.to_input = self.preprocess.batch_transform(r.channels_last).to(device)
         self.augment = BatchAugment(r.pad, r.hflip, r.erase) if self.data.in_memory else None
         self.mix = batch_mix(r.mixup, r.cutmix, len(self.class_names))
-        self.train_size = r.input_size
-
-    def begin_epoch(self, epoch: int) -> None:
-        self.train_size = self.recipe.input_size_at(epoch)
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
         r = cfg.recipe
@@ -97,17 +92,15 @@ class ClassificationTask:
     def batch_size_of(self, batch: tuple[Tensor, Tensor]) -> int:
         return len(batch[1])
 
-    def model_inputs(self, batch: tuple[Tensor, Tensor], device: torch.device,
-                     size: int | None = None) -> tuple[Tensor, Tensor]:
-        """A training batch as the model sees it (augmented, preprocessed to ``size``, else the
-        input size; not mixed) and its labels."""
+    def model_inputs(self, batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+        """A training batch as the model sees it (augmented, preprocessed; not mixed) and its labels."""
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         if self.augment is not None:
             images = self.augment(images)
-        return self.to_input(images, size), labels
+        return self.to_input(images), labels
 
     def step(self, net: nn.Module, batch: tuple[Tensor, Tensor], device: torch.device, autocast) -> StepResult:
-        images, labels = self.model_inputs(batch, device, self.train_size)
+        images, labels = self.model_inputs(batch, device)
         targets = labels
         if self.mix is not None:  # soft targets: each image's share of each class
             images, targets = self.mix(images, labels)

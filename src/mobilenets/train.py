@@ -122,9 +122,6 @@ class Trainer:
         if r.batch_size != asked:
             self.notes.append(f"note: batch {asked} is more than the {images} training images per process: "
                               f"batch {images}, one step an epoch")
-        if r.start_size and not resume:
-            self.notes.append(f"note: validation is at {r.input_size} px from the start, so it reads low while the "
-                              f"training images are smaller (from {r.start_size} px; the model sees another scale)")
         if r.freeze_backbone:
             freeze_backbone(self.model)
         self.model_args = self.model.args
@@ -291,7 +288,6 @@ class Trainer:
                     if not self.step_in_epoch:
                         seed_epoch(self.cfg.seed, self.dist.rank, self.epoch)
                         self.train_loader.sampler.set_epoch(self.epoch)
-                    self.task.begin_epoch(self.epoch)
                     stats = self._train_epoch(stop)
                     if stats is None:
                         self._save_checkpoint(best=False)

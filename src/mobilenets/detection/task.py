@@ -93,9 +93,6 @@ class DetectionTask:
     def batch_size_of(self, batch) -> int:
         return len(batch[0])
 
-    def begin_epoch(self, epoch: int) -> None:
-        """Nothing changes between epochs (progressive resizing is for classifiers)."""
-
     def step(self, net: nn.Module, batch, device: torch.device, autocast) -> StepResult:
         images = [im.to(device, non_blocking=True) for im in batch[0]]
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in batch[1]]
