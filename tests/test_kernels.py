@@ -1,6 +1,9 @@
 """The fused training batch norm + activation kernel against PyTorch's ops."""
 
+import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +153,19 @@ def test_failed_build_warns_and_falls_back(monkeypatch, tmp_path, capsys):
     assert "building the bn_act kernel" in err
     assert "warning: the bn_act kernel is not available (Error building extension 'x': c++: not found)" in err
     assert not list((tmp_path / "mobilenets" / "kernels").glob("*.so"))
+
+
+def test_builds_unused_for_a_month_are_removed(tmp_path):
+    def library(name: str, days_unused: float) -> Path:
+        path = tmp_path / f"{name}.so"
+        path.write_bytes(b"")
+        path.with_suffix(".lock").write_bytes(b"")
+        os.utime(path, (time.time() - days_unused * 86400,) * 2)
+        return path
+
+    current = library("mobilenets_bn_act_current", 90)  # in use now, however old its file
+    old, recent = library("mobilenets_bn_act_old", 31), library("mobilenets_bn_act_recent", 29)
+    other_kernel = library("mobilenets_other_old", 90)
+    build._prune(current, "bn_act")
+    assert sorted(p.name for p in tmp_path.glob("*.so")) == sorted(p.name for p in (current, recent, other_kernel))
+    assert not old.with_suffix(".lock").exists() and current.stat().st_mtime > time.time() - 60

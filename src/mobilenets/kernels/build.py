@@ -1,7 +1,8 @@
 """Building a kernel of this package for this CPU, once, and loading it.
 
 Kernels are compiled with ``-march=native``, so a build is kept per source, torch version and CPU
-(its feature flags) under ``~/.cache/mobilenets/kernels``; set ``MOBILENETS_KERNELS=0`` to use
+(its feature flags) under ``~/.cache/mobilenets/kernels``, and builds unused for 30 days are
+removed; set ``MOBILENETS_KERNELS=0`` to use
 PyTorch's own ops instead. Without a compiler, or when a build fails, the package says so once and
 falls back to PyTorch's ops: a kernel makes a step faster and computes the same values (to rounding).
 """
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +30,11 @@ SWITCH = "MOBILENETS_KERNELS"
 FLAGS = ("-O3", "-march=native", "-fopenmp") + (
     ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()  # AVX-512 where it is
 )
+
+
+# a build of a kernel unused this long is removed (a new torch, CPU or source leaves the old ones
+# behind; on a home shared by several machines each keeps the builds it uses)
+STALE_DAYS = 30
 
 
 def cache_dir() -> Path:
@@ -52,6 +59,7 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
         spec = importlib.util.spec_from_file_location(module, library)
         loaded = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(loaded)
+        _prune(library, name)
         return loaded
     except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as exc:  # no compiler, a failed
         # build, an unreadable cache: PyTorch's ops do the work (SIGTERM's exception still goes through)
@@ -73,6 +81,18 @@ def _build(module: str, source: str, functions: tuple[str, ...], library: Path) 
         cpp_extension.load_inline(module, [source], functions=list(functions), extra_cflags=list(FLAGS),
                                   extra_ldflags=["-fopenmp"], build_directory=scratch)
         os.replace(Path(scratch) / f"{module}.so", library)
+
+
+def _prune(library: Path, name: str) -> None:
+    """Marks ``library`` as used now and removes the other builds of kernel ``name`` unused for
+    ``STALE_DAYS``. Best effort: a read-only cache keeps everything."""
+    with contextlib.suppress(OSError):
+        os.utime(library)
+        cutoff = time.time() - STALE_DAYS * 86400
+        for old in library.parent.glob(f"mobilenets_{name}_*.so"):
+            if old != library and old.stat().st_mtime < cutoff:
+                old.unlink()  # a process that has it loaded keeps its mapping
+                old.with_suffix(".lock").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
