@@ -2,9 +2,9 @@
 
 Kernels are compiled with ``-march=native``, so a build is kept per source, torch version and CPU
 (its feature flags) under ``~/.cache/mobilenets/kernels``, and builds unused for 30 days are
-removed; set ``MOBILENETS_KERNELS=0`` to use
-PyTorch's own ops instead. Without a compiler, or when a build fails, the package says so once and
-falls back to PyTorch's ops: a kernel makes a step faster and computes the same values (to rounding).
+removed; set ``MOBILENETS_KERNELS=0`` to use PyTorch's own ops instead. Without a compiler, or
+when a build fails, the package says so once and falls back to PyTorch's ops: a kernel makes a
+step faster and computes the same values (to rounding).
 """
 
 from __future__ import annotations
