@@ -59,7 +59,7 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
         spec = importlib.util.spec_from_file_location(module, library)
         loaded = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(loaded)
-        _prune(library, name)
+        _prune(library)
         return loaded
     except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as exc:  # no compiler, a failed
         # build, an unreadable cache: PyTorch's ops do the work (SIGTERM's exception still goes through)
@@ -83,14 +83,15 @@ def _build(module: str, source: str, functions: tuple[str, ...], library: Path) 
         os.replace(Path(scratch) / f"{module}.so", library)
 
 
-def _prune(library: Path, name: str) -> None:
-    """Marks ``library`` as used now and removes the other builds of kernel ``name`` unused for
-    ``STALE_DAYS``. Best effort: a read-only cache keeps everything."""
+def _prune(library: Path) -> None:
+    """Marks ``library`` as used now and removes the other builds of its kernel (the same name
+    before the hash) unused for ``STALE_DAYS``. Best effort: a read-only cache keeps everything."""
+    kernel = library.stem.rpartition("_")[0]
     with contextlib.suppress(OSError):
         os.utime(library)
         cutoff = time.time() - STALE_DAYS * 86400
-        for old in library.parent.glob(f"mobilenets_{name}_*.so"):
-            if old != library and old.stat().st_mtime < cutoff:
+        for old in library.parent.glob("*.so"):
+            if old.stem.rpartition("_")[0] == kernel and old != library and old.stat().st_mtime < cutoff:
                 old.unlink()  # a process that has it loaded keeps its mapping
                 old.with_suffix(".lock").unlink(missing_ok=True)
 
