@@ -12,9 +12,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
+# --no-compile: Python byte-compiles the modules that are imported when they are, not all 7 GB now.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[deploy,mobile,serve,dev]'
+	$(PY) -m pip install --quiet --no-compile -e '.[deploy,mobile,serve,dev]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from the Debian package (no download at run time).
@@ -30,8 +31,9 @@ $(CHROMIUM):
 demo: install data
 	PY=$(PY) scripts/demo.sh
 
+# worksteal: a worker that runs out of tests takes queued ones from the other.
 test: install lint $(CHROMIUM)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts
