@@ -229,7 +229,8 @@ RECIPES: dict[str, Recipe] = {
         about="Fashion-MNIST from scratch on a CPU: 28x28 images upscaled to 72 (rho = 9/28), SGD nesterov "
         "with cosine decay, weight decay 5e-4 (none on depthwise filters and BN), label smoothing, "
         "translation by 1 px, flips, EMA of weights, bf16 autocast; 40 epochs: 94.64 % test top-1 (94.87 % "
-        "with flip TTA) in 51 min on 2 AMX cores with the fused BN kernel (docs/results.md)",
+        "with flip TTA) in 51 to 69 min on 2 AMX cores (two host models) with the fused BN kernel "
+        "(docs/results.md)",
         epochs=40,
         batch_size=256,
         input_size=72,
