@@ -18,12 +18,13 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import timm
 import torch
 from torch.nn import functional as F
 
-from mobilenets.kernels import bn_act
+from mobilenets.kernels import bn_act, depthwise
 from mobilenets.run_config import make_config
 from mobilenets.train import Trainer
 
@@ -69,18 +70,21 @@ def main() -> None:
             loss.backward()
             peer_opt.step()
 
-    kernel = bn_act.kernel
-
-    def ours_unfused() -> None:
-        bn_act.kernel = lambda: None
-        try:
-            ours()
-        finally:
-            bn_act.kernel = kernel
+    def without(kernels) -> Callable[[], None]:
+        """Our step with one of the package's kernels switched off (PyTorch's ops instead)."""
+        def run() -> None:
+            kernel = kernels.kernel
+            kernels.kernel = lambda: None
+            try:
+                ours()
+            finally:
+                kernels.kernel = kernel
+        return run
 
     contestants = {"mobilenets": ours, "plain timm": plain}
-    if kernel() is not None:
-        contestants["unfused"] = ours_unfused
+    for name, kernels in (("bn_act", bn_act), ("depthwise", depthwise)):
+        if kernels.kernel() is not None:
+            contestants[f"without {name}"] = without(kernels)
     for fn in contestants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in contestants}
@@ -95,17 +99,12 @@ def main() -> None:
     print(f"MobileNet V1 {args.width_mult:g}, {args.input_size}x{args.input_size}, batch {args.batch_size}, "
           f"{args.threads} threads, {args.rounds} rounds of {args.steps} steps; medians")
     print(f"  mobilenets train step ({r.name}: channels_last={r.channels_last}, amp={r.amp}, "
-          f"compile={r.compile}, EMA={r.ema_decay}, fused BN={'unfused' in rates}): "
-          f"{rates['mobilenets']:8.1f} images/s")
-    if "unfused" in rates:
-        print(f"  the same step with PyTorch's batch norm and activation:  {rates['unfused']:8.1f} images/s")
-    print(f"  plain eager timm mobilenetv1_100 (fp32, contiguous):     {rates['plain timm']:8.1f} images/s")
-    print(f"  ratio: {rates['mobilenets'] / rates['plain timm']:.2f}x", end="")
-    if "unfused" in rates:
-        print(f" (without the fused kernel {rates['unfused'] / rates['plain timm']:.2f}x; "
-              f"the kernel {rates['mobilenets'] / rates['unfused']:.2f}x)", end="")
-    print()
-
+          f"compile={r.compile}, EMA={r.ema_decay}): {rates['mobilenets']:8.1f} images/s")
+    for name in rates.keys() - {"mobilenets", "plain timm"}:
+        print(f"  the same step {name} kernel (PyTorch's ops): {rates[name]:8.1f} images/s "
+              f"(the kernel: {rates['mobilenets'] / rates[name]:.2f}x)")
+    print(f"  plain eager timm mobilenetv1_100 (fp32, contiguous): {rates['plain timm']:8.1f} images/s")
+    print(f"  ratio: {rates['mobilenets'] / rates['plain timm']:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .kernels import depthwise
 from .kernels.bn_act import batch_norm_act
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -79,6 +80,8 @@ class ConvBNAct(nn.Module):
         so those run in fp32 (depthwise layers hold ~3 % of the mult-adds, V1 Table 2).
         """
         conv = self.conv
+        if self.depthwise and depthwise.applies(conv, x):
+            return depthwise.depthwise_conv(conv, x)
         if not torch.is_autocast_enabled("cpu"):
             return self._depthwise(x, tiny=conv.kernel_size[0]) if self.depthwise else conv(x)
         if conv.kernel_size == (1, 1) and conv.groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
