@@ -3,9 +3,10 @@ import pytest
 import torch
 from datasets import image_folder, png_header
 from PIL import Image
+from torch.utils.data import DataLoader, Subset
 
 from mobilenets.adapt import DataFacts
-from mobilenets.data import BatchAugment, folder_train_transform, load_data, read_idx
+from mobilenets.data import BatchAugment, collate_skipping_none, folder_train_transform, load_data, read_idx
 
 
 @pytest.fixture
@@ -114,9 +115,18 @@ def test_corrupt_and_non_image_files_are_reported_not_fatal(tmp_path, capfd):
     bundle = load_data(str(root))
     assert "ignoring 1 non-image file" in capfd.readouterr().err
     broken = [i for i, (p, _) in enumerate(bundle.train.samples) if p.endswith("broken.png")][0]
-    assert bundle.train[broken] is None
+
+    def one_epoch() -> list[int]:  # a loader worker process reads the broken file and a good one
+        batches = DataLoader(Subset(bundle.train, [broken, 0]), batch_size=2, num_workers=1,
+                             collate_fn=collate_skipping_none)
+        return [len(labels) for _, labels in batches]
+
+    assert one_epoch() == [1]
     err = capfd.readouterr().err
     assert "warning: cannot read image" in err and "broken.png" in err and "skipped" in err
+    # reported once: not again in the next epoch's worker, nor in this process (the BN recompute pass)
+    assert one_epoch() == [1] and bundle.train[broken] is None
+    assert "broken.png" not in capfd.readouterr().err
 
 
 def test_a_subset_of_a_folder_spans_its_classes(tmp_path):

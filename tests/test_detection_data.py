@@ -85,6 +85,7 @@ def test_unreadable_images_are_counted_when_read_or_skipped_when_loaded(tmp_path
         "annotation id 1: image 1"]  # its boxes leave the metric with it
     dataset = DetectionDataset(annotations.records)
     assert dataset[0] is None and "b.png" in capfd.readouterr().err
+    assert dataset[0] is None and "b.png" not in capfd.readouterr().err  # reported once
     assert collate([None]) == ([], [])
 
 

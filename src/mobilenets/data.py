@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from .adapt import DataFacts
-from .preprocess import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, open_image
+from .preprocess import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD, ImageReader, Preprocess
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 FASHION_MNIST_CLASSES = [
@@ -136,24 +136,23 @@ def load_fashion_mnist(split: str, root: Path | None = None) -> TensorDataset:
 class ImageFiles(Dataset):
     """Image files with labels; unreadable files are reported by name and skipped, not fatal.
 
-    ``__getitem__`` returns ``None`` for a file that cannot be decoded; ``collate_skipping_none``
-    drops it from its batch, so one broken image cannot stop a run mid-epoch.
+    ``__getitem__`` returns ``None`` for a file that cannot be decoded (reported once, by name);
+    ``collate_skipping_none`` drops it from its batch, so one broken image cannot stop a run mid-epoch.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], grey: bool, transform: v2.Transform | None = None):
         self.samples = list(samples)
         self.grey = grey
         self.transform = transform
+        self.reader = ImageReader(len(self.samples), grey)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
         path, label = self.samples[index]
-        try:
-            img = open_image(path, grey=self.grey)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"warning: {e}; skipped", file=sys.stderr)
+        img = self.reader.open(index, path)
+        if img is None:
             return None
         x = v2.functional.pil_to_tensor(img)
         return (self.transform(x) if self.transform else x), label

@@ -8,6 +8,7 @@ resize to the model's input size (``BatchPreprocess``).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -112,3 +113,26 @@ def open_image(path: str | os.PathLike, grey: bool = False) -> Image.Image:
             return to_model_mode(img, grey)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+class ImageReader:
+    """Opens the images of a dataset by index; one that cannot be read is reported once, by name,
+    and gives ``None`` from then on without being read again.
+
+    The flags live in shared memory, so the worker processes of a ``DataLoader``, forked anew every
+    epoch, see what earlier ones and the main process found.
+    """
+
+    def __init__(self, count: int, grey: bool = False) -> None:
+        self.grey = grey
+        self.unreadable = torch.zeros(count, dtype=torch.bool).share_memory_()
+
+    def open(self, index: int, path: str | os.PathLike) -> Image.Image | None:
+        if self.unreadable[index]:
+            return None
+        try:
+            return open_image(path, grey=self.grey)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"warning: {e}; skipped", file=sys.stderr)
+            self.unreadable[index] = True
+            return None

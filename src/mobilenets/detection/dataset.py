@@ -10,7 +10,6 @@ keeps only the photometric distortion and the flip, for short runs (``Recipe.box
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..preprocess import open_image
+from ..preprocess import ImageReader
 from .annotations import Annotations, ImageRecord, read_coco, read_voc
 
 IMAGENET_MEAN_255 = (123, 117, 104)  # zoom-out canvas colour (torchvision's detection reference)
@@ -65,22 +64,22 @@ class DetectionDataset(Dataset):
     """``(image, target)`` pairs: a float image in [0, 1] and ``{"boxes", "labels", "image_id"}``.
 
     Crowd (COCO) and difficult (VOC) objects are left out of the targets. An image that cannot
-    be decoded is reported by name and gives ``None`` (``collate`` drops it).
+    be decoded is reported once, by name, and gives ``None`` (``collate`` drops it).
     """
 
     def __init__(self, records: list[ImageRecord], transform: v2.Transform | None = None) -> None:
         self.records, self.transform = records, transform or evaluation_transform()
+        self.reader = ImageReader(len(records))
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict] | None:
         r = self.records[index]
-        try:
-            image = tv_tensors.Image(v2.functional.pil_to_tensor(open_image(r.path)))
-        except (ValueError, FileNotFoundError) as e:
-            print(f"warning: {e}; skipped", file=sys.stderr)
+        img = self.reader.open(index, r.path)
+        if img is None:
             return None
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(img))
         keep = [i for i in range(len(r.boxes)) if not (r.crowd and r.crowd[i])]
         boxes = torch.tensor([r.boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4)
         target = {
