@@ -1,8 +1,12 @@
-"""Models with non-trivial batch-norm statistics, so that a misplaced tensor or a wrong fold shows."""
+"""Models for tests: non-trivial batch-norm statistics (so that a misplaced tensor or a wrong fold
+shows), and the gradients of one training step."""
 
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
+
+from mobilenets import create_model
 
 
 def randomize_batchnorm(model: torch.nn.Module, scale: float = 0.2, seed: int | None = None) -> torch.nn.Module:
@@ -17,3 +21,16 @@ def randomize_batchnorm(model: torch.nn.Module, scale: float = 0.2, seed: int | 
             m.bias.data.copy_(torch.randn(n, generator=gen) * scale)
             m.num_batches_tracked.fill_(7)
     return model.eval()
+
+
+def training_step_grads(name: str, dtype: torch.dtype) -> torch.Tensor:
+    """All gradients of one training step of a whole model (width 0.5, batch 4, 64 px, channels-last)
+    from the same seed, in ``dtype`` (bf16: under autocast, as training runs it)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    model = create_model(name, width_mult=0.5, num_classes=4).to(memory_format=torch.channels_last).train()
+    if dtype == torch.float64:
+        model, x = model.double(), x.double()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        F.cross_entropy(model(x), torch.arange(4)).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])

@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 import torch
+from model_helpers import training_step_grads
 from torch import nn
 from torch.nn import functional as F
 
-from mobilenets import create_model
 from mobilenets.kernels import depthwise
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernel")
@@ -103,26 +103,14 @@ def test_applies_only_where_it_computes_the_same_and_faster(kernel):
         assert not depthwise.applies(layer, x), layer
 
 
-def _model_grads(name: str, dtype: torch.dtype) -> torch.Tensor:
-    """All gradients of one training step of a whole model from the same seed (bf16: autocast)."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    model = create_model(name, width_mult=0.5, num_classes=4).to(memory_format=torch.channels_last).train()
-    if dtype == torch.float64:
-        model, x = model.double(), x.double()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        F.cross_entropy(model(x), torch.arange(4)).backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
 @needs_compiler
 def test_training_step_no_further_from_float64(kernel, monkeypatch):
     """V3-Small (3x3 and 5x5 depthwise layers, strides 1 and 2) in bf16 and float: its gradients with
     the kernel are no further from float64 than with PyTorch's depthwise op."""
-    exact = _model_grads("mobilenet_v3_small", torch.float64)
-    ours = {dtype: _model_grads("mobilenet_v3_small", dtype) for dtype in (torch.float32, torch.bfloat16)}
+    exact = training_step_grads("mobilenet_v3_small", torch.float64)
+    ours = {dtype: training_step_grads("mobilenet_v3_small", dtype) for dtype in (torch.float32, torch.bfloat16)}
     monkeypatch.setattr(depthwise, "kernel", lambda: None)
     for dtype, grads in ours.items():
-        ours_off, theirs_off = (((g - exact).norm() / exact.norm()).item() for g in (grads, _model_grads(
-            "mobilenet_v3_small", dtype)))
-        assert ours_off <= max(1e-4 if dtype == torch.float32 else 0.0, 1.25 * theirs_off)
+        theirs = training_step_grads("mobilenet_v3_small", dtype)
+        off = [((g - exact).norm() / exact.norm()).item() for g in (grads, theirs)]
+        assert off[0] <= max(1e-4 if dtype == torch.float32 else 0.0, 1.25 * off[1])

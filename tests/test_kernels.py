@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import training_step_grads
 from torch import nn
 from torch.nn import functional as F
 
-from mobilenets import create_model
 from mobilenets.kernels import bn_act, build
 
 ACTIVATIONS = [nn.ReLU6(), nn.ReLU(inplace=True), nn.Identity(), nn.Hardswish()]
@@ -108,18 +108,6 @@ def test_fallbacks_leave_pytorch_in_charge(kernel, monkeypatch):
         bn_act.batch_norm_act(bn, nn.ReLU6(), torch.randn(1, 8, 1, 1))
 
 
-def _model_step(name: str, dtype: torch.dtype) -> torch.Tensor:
-    """All gradients of one training step of a whole model from the same seed, in ``dtype`` (bf16: autocast)."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    model = create_model(name, width_mult=0.5, num_classes=4).to(memory_format=torch.channels_last).train()
-    if dtype == torch.float64:
-        model, x = model.double(), x.double()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        F.cross_entropy(model(x), torch.arange(4)).backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
 @needs_compiler
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small"])
 def test_training_step_matches_float64(kernel, monkeypatch, name):
@@ -129,12 +117,12 @@ def test_training_step_matches_float64(kernel, monkeypatch, name):
     V3-Small: no further off than PyTorch's ops. (A bf16 step of V1 at random init differs from
     float64 by its whole size in either implementation: rounding amplified through 27 batch norms.)
     """
-    exact = _model_step(name, torch.float64)
-    assert _rel(_model_step(name, torch.float32), exact) < 1e-4
+    exact = training_step_grads(name, torch.float64)
+    assert _rel(training_step_grads(name, torch.float32), exact) < 1e-4
     if name == "mobilenet_v3_small":
-        fused = _rel(_model_step(name, torch.bfloat16), exact)
+        fused = _rel(training_step_grads(name, torch.bfloat16), exact)
         monkeypatch.setattr(bn_act, "kernel", lambda: None)
-        assert fused <= 1.25 * _rel(_model_step(name, torch.bfloat16), exact)
+        assert fused <= 1.25 * _rel(training_step_grads(name, torch.bfloat16), exact)
 
 
 def test_switch_turns_kernels_off(monkeypatch):

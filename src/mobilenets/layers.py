@@ -70,14 +70,15 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
     def _conv_for_cpu_training(self, x: Tensor) -> Tensor:
-        """The same convolution, computed the way oneDNN trains fastest on a CPU.
+        """The same convolution, computed the way a CPU trains it fastest.
 
-        Measured fwd + bwd (benchmarks/train_throughput.py, docs/results.md). Under bf16 autocast
-        (AMX): oneDNN's bf16 1x1 convolution backward is 1.3x to 7x slower than the equivalent
-        GEMM, most on small maps, so a pointwise layer on channels-last input runs as ``linear``
-        over the channels; its bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2,
-        and 3.7x to 4x slower for 5x5 kernels at stride 1 (V3's; 10x10 to 40x40 maps, batch 32),
-        so those run in fp32 (depthwise layers hold ~3 % of the mult-adds, V1 Table 2).
+        Measured fwd + bwd (benchmarks/train_throughput.py, docs/results.md). Depthwise layers run
+        in the package's kernel where it applies (``kernels/depthwise.py``: bf16 maps, float ones
+        with 5x5 filters). Under bf16 autocast (AMX): oneDNN's bf16 1x1 convolution backward is
+        1.3x to 7x slower than the equivalent GEMM, most on small maps, so a pointwise layer on
+        channels-last input runs as ``linear`` over the channels. Without the kernel, oneDNN's
+        bf16 depthwise backward is 15x to 60x slower than fp32 at stride 2, and 3.7x to 4x slower
+        for 5x5 kernels at stride 1 (V3's; 10x10 to 40x40 maps, batch 32), so those run in fp32.
         """
         conv = self.conv
         if self.depthwise and depthwise.applies(conv, x):
