@@ -83,11 +83,11 @@ std::vector<float> taps_of(const at::Tensor& weight, int64_t C, int64_t kk) {
   return t;
 }
 
+constexpr int kMaxTerms = 7, kMaxTaps = 7;  // rows of a filter, taps of a row
+
 // One row's share of an output row: out[t] += sum over m < count of src[t * step + off + m] * w[m].
 template <typename T>
-struct RowTerm { const T* src; int64_t off; int count; const float* w[7]; };
-
-constexpr int kMaxTerms = 7;  // rows of a filter
+struct RowTerm { const T* src; int64_t off; int count; const float* w[kMaxTaps]; };
 
 // out[t * out_step + i] for i < P, V channels from c, from nt rows (src) of M taps each (weights wv),
 // output t + i reading source pixel (t + i) * S + off + m. Each source pixel is read once for all the
