@@ -163,14 +163,28 @@ def test_wrong_channel_count():
         model(torch.randn(1, 3, 64, 64))
 
 
+@pytest.mark.parametrize("kernel", ["package's kernel", "oneDNN"])
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise s1", "depthwise s2", "depthwise 5x5",
                                   "depthwise on a 2x2 map"])
-def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
-    # Training under CPU bf16 autocast, ConvBNAct computes its convolution in the way oneDNN
-    # trains fastest (pointwise as a GEMM, strided depthwise in fp32, tiny maps padded first);
-    # inference and eval mode (exports) take the plain path. Both must be the same function.
+def test_cpu_bf16_training_paths_compute_the_same_layer(kind, kernel, monkeypatch):
+    # Training under CPU bf16 autocast, ConvBNAct computes its convolution the way a CPU trains
+    # fastest: depthwise layers in the package's kernel where it is built, else through oneDNN
+    # (strided and 5x5 ones in fp32, tiny maps padded first); pointwise as a GEMM. Inference and
+    # eval mode (exports) take the plain path. Both must be the same function.
+    from mobilenets.kernels import depthwise
     from mobilenets.layers import ConvBNAct
 
+    if kernel == "oneDNN":
+        monkeypatch.setattr(depthwise, "kernel", lambda: None)
+    elif depthwise.kernel() is None:
+        pytest.skip("no C++ compiler to build the kernel")
+    kernel_calls, depthwise_conv = [], depthwise.depthwise_conv
+
+    def spy(conv, x):
+        kernel_calls.append(x.dtype)
+        return depthwise_conv(conv, x)
+
+    monkeypatch.setattr(depthwise, "depthwise_conv", spy)
     c, size, stride, groups, k = {"pointwise": (16, 8, 1, 1, 1), "depthwise s1": (16, 8, 1, 16, 3),
                                   "depthwise s2": (16, 8, 2, 16, 3), "depthwise 5x5": (16, 8, 1, 16, 5),
                                   "depthwise on a 2x2 map": (16, 2, 1, 16, 3)}[kind]
@@ -186,7 +200,9 @@ def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
     assert torch.allclose(trained.float(), plain.float(), atol=0.05, rtol=0.02)
     trained.float().sum().backward()
     assert layer.conv.weight.grad is not None and torch.isfinite(layer.conv.weight.grad).all()
-    if kind in ("depthwise s2", "depthwise 5x5"):
+    if kernel == "package's kernel":
+        assert kernel_calls == ([] if kind == "pointwise" else [torch.bfloat16])
+    elif kind in ("depthwise s2", "depthwise 5x5"):
         assert seen[0] == torch.float32  # oneDNN's bf16 backward of these depthwise convs is slow
     elif kind == "depthwise s1":
         assert seen[0] == torch.bfloat16
@@ -194,10 +210,14 @@ def test_cpu_bf16_training_paths_compute_the_same_layer(kind):
 
 @pytest.mark.parametrize("size, stride, k, padded", [(2, 1, 3, True), (1, 1, 3, True), (2, 2, 3, True),
                                                     (4, 1, 5, True), (3, 1, 3, False), (5, 1, 5, False)])
-def test_cpu_fp32_training_pads_tiny_maps_beforehand(size, stride, k, padded):
+def test_cpu_fp32_training_pads_tiny_maps_beforehand(size, stride, k, padded, monkeypatch):
     # oneDNN's depthwise weight gradient is slow where the padding is most of the map, so fp32
-    # training on the CPU pads such maps first. Output and gradients must be the plain layer's.
+    # training on the CPU pads such maps first (where the package's kernel, which takes 5x5 fp32
+    # layers, is not built). Output and gradients must be the plain layer's.
+    from mobilenets.kernels import depthwise
     from mobilenets.layers import ConvBNAct
+
+    monkeypatch.setattr(depthwise, "kernel", lambda: None)
 
     layer = ConvBNAct(16, 16, k, stride, groups=16).to(memory_format=torch.channels_last)
     x = torch.randn(4, 16, size, size).to(memory_format=torch.channels_last).requires_grad_()
