@@ -15,11 +15,9 @@ the cores.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from alternating import medians, without_kernel
 from torch import nn
 
 from mobilenets import create_model
@@ -33,18 +31,6 @@ LAYERS = {
     "SSDLite-V3-Large, 320 px": [(4, 16, 160, 3, 1), (4, 64, 160, 3, 2), (4, 72, 80, 5, 2), (4, 120, 40, 5, 1),
                                  (4, 480, 10, 5, 1), (4, 672, 20, 3, 1), (4, 672, 20, 5, 2)],
 }
-
-
-def medians(contestants: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    for fn in contestants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in contestants}
-    for _ in range(rounds):
-        for name, fn in contestants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def layer(n: int, c: int, side: int, k: int, s: int, dtype: torch.dtype, rounds: int) -> dict[str, float]:
@@ -85,16 +71,7 @@ def detector_step(batch: int, rounds: int) -> dict[str, float]:
         (losses["bbox_regression"].float() + losses["classification"].float()).backward()
         optimizer.step()
 
-    built = depthwise.kernel
-
-    def without() -> None:
-        depthwise.kernel = lambda: None
-        try:
-            step()
-        finally:
-            depthwise.kernel = built
-
-    return medians({"kernel": step, "pytorch": without}, rounds)
+    return medians({"kernel": step, "pytorch": without_kernel(depthwise, step)}, rounds)
 
 
 def main() -> None:

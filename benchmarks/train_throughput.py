@@ -15,13 +15,11 @@ with each switched off (PyTorch's ops instead) in the same rounds, so that each 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import timm
 import torch
+from alternating import medians, without_kernel
 from torch.nn import functional as F
 
 from mobilenets.kernels import bn_act, depthwise
@@ -70,31 +68,13 @@ def main() -> None:
             loss.backward()
             peer_opt.step()
 
-    def without(kernels) -> Callable[[], None]:
-        """Our step with one of the package's kernels switched off (PyTorch's ops instead)."""
-        def run() -> None:
-            kernel = kernels.kernel
-            kernels.kernel = lambda: None
-            try:
-                ours()
-            finally:
-                kernels.kernel = kernel
-        return run
-
     contestants = {"mobilenets": ours, "plain timm": plain}
     for name, kernels in (("bn_act", bn_act), ("depthwise", depthwise)):
         if kernels.kernel() is not None:
-            contestants[f"without {name}"] = without(kernels)
-    for fn in contestants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in contestants}
-    for _ in range(args.rounds):
-        for name, fn in contestants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            contestants[f"without {name}"] = without_kernel(kernels, ours)
+    seconds = medians(contestants, args.rounds)
     images = args.steps * args.batch_size
-    rates = {name: images / statistics.median(t) for name, t in times.items()}
+    rates = {name: images / t for name, t in seconds.items()}
     r = trainer.recipe
     print(f"MobileNet V1 {args.width_mult:g}, {args.input_size}x{args.input_size}, batch {args.batch_size}, "
           f"{args.threads} threads, {args.rounds} rounds of {args.steps} steps; medians")

@@ -142,7 +142,6 @@ class ImageFiles(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]], grey: bool, transform: v2.Transform | None = None):
         self.samples = list(samples)
-        self.grey = grey
         self.transform = transform
         self.reader = ImageReader(len(self.samples), grey)
 
