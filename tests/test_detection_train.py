@@ -115,6 +115,15 @@ def test_eval_reports_coco_map(trained, capsys):
     assert all(v is None or 0 <= v <= 1 for v in sizes)  # null: no object of that size, never -1
 
 
+def test_eval_with_flip_tta(trained, capsys):
+    data, out = trained
+    code, text, _ = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta")
+    assert code == 0 and "with flip TTA:" in text and "mAP@[.5:.95]" in text
+    code, text, _ = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta", "--json")
+    metrics = json.loads(text)
+    assert metrics["tta"] == "flip" and metrics["images"] == 6 and 0 <= metrics["map"] <= metrics["map50"] <= 1
+
+
 def test_predict_prints_and_draws_boxes(trained, capsys, tmp_path):
     data, out = trained
     image = data["val"].parent / "val" / "000001.png"
@@ -216,6 +225,8 @@ def test_export_verified_in_its_runtime(trained, capsys, tmp_path, fmt, int8):
         assert max(compare(theirs, mine)) < 1e-2
         boxes = exported(images)[0]["boxes"]
         assert (boxes[:, 2] <= 80 + 1e-3).all() and (boxes[:, 3] <= 120 + 1e-3).all()  # in the image's own pixels
+        code, _, err = run_cli(capsys, "eval", "--checkpoint", path, "--data", data["val"], "--tta")
+        assert_one_line_error(code, err, "--tta runs a checkpoint in PyTorch")
     code, text, _ = run_cli(capsys, "eval", "--checkpoint", path, "--data", data["val"], "--json")
     assert code == 0 and json.loads(text)["images"] == 6
 
@@ -244,8 +255,10 @@ def test_bad_detection_inputs_are_one_line(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "is not COCO JSON")
     code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", "fashion-mnist")
     assert_one_line_error(code, err, "a detector is measured on a COCO JSON file or a Pascal VOC folder")
-    code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta")
-    assert_one_line_error(code, err, "--tta and --split are for classifiers")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta", "shift")
+    assert_one_line_error(code, err, "--tta shift is for classifiers: a detector's views are flip")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--split", "val")
+    assert_one_line_error(code, err, "--split is for classifiers")
     code, _, err = run_cli(capsys, "export", "--checkpoint", out / "best.pt", "--format", "torchscript",
                            "--out", tmp_path / "d.ts")
     assert_one_line_error(code, err, "detectors export to onnx, openvino, executorch, tflite, not torchscript")

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", nargs="?", const="flip", choices=TTA_VIEWS, metavar="VIEWS",
                    help="test-time augmentation, the mean prediction over views of each image: flip (the "
                    "default: the image and its mirror), shift (moved by 3 %% of its side in four directions) "
-                   "or flip-shift (10 views)")
+                   "or flip-shift (10 views); a detector's: flip, its class probabilities and box offsets "
+                   "averaged per default box before NMS")
     p.add_argument("--split", choices=["val", "test"],
                    help="the split to measure (default: test where there is one, else val); val is held out "
                    "as the training run did (its seed and --val-split, read from a training checkpoint)")
@@ -524,22 +525,30 @@ def _eval_boxes(args: argparse.Namespace, device) -> None:
     from .detection.dataset import load_eval_annotations
     from .detection.evaluate import evaluate_detector
     from .detection.predict import load_detector
+    from .detection.tta import FlipTTA
     from .distributed import Dist
+    from .exported import exported_format
 
-    if args.tta or args.split:
-        raise CliError("--tta and --split are for classifiers: a detector is measured on the annotations given")
+    if args.split:
+        raise CliError("--split is for classifiers: a detector is measured on the annotations given")
+    if args.tta not in (None, "flip"):
+        raise CliError(f"--tta {args.tta} is for classifiers: a detector's views are flip (the image and its mirror)")
+    if args.tta and exported_format(args.checkpoint):
+        raise CliError(f"--tta runs a checkpoint in PyTorch: {args.checkpoint} has its NMS inside the file")
     loaded = load_detector(args.checkpoint)
     annotations = load_eval_annotations(args.data, loaded.class_names, loaded.category_ids)
     for line in annotations.problems.lines():
         print(line, file=sys.stderr)
-    metrics = evaluate_detector(loaded.model.to(device), annotations, Dist(device=device),
+    model = loaded.model.to(device)
+    metrics = evaluate_detector(FlipTTA(model) if args.tta else model, annotations, Dist(device=device),
                                 batch_size=args.batch_size, workers=args.workers)
     names = {"map": "mAP@[.5:.95]", "map50": "AP50", "map75": "AP75", "map_small": "AP small",
              "map_medium": "AP medium", "map_large": "AP large"}
     if args.json:  # COCOeval's -1 (no object of that size) is no fraction: null
-        print(json.dumps({k: None if k in names and v < 0 else v for k, v in metrics.items()}, indent=2))
+        print(json.dumps({**{k: None if k in names and v < 0 else v for k, v in metrics.items()}, "tta": args.tta},
+                         indent=2))
         return
-    print(f"{args.checkpoint} on {annotations.summary()}:")
+    print(f"{args.checkpoint} on {annotations.summary()}{' with flip TTA' if args.tta else ''}:")
     for key, name in names.items():
         print(f"  {name:<13} {100 * metrics[key]:6.2f} %" if metrics[key] >= 0 else f"  {name:<13}    n/a")
 
