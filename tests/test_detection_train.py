@@ -14,9 +14,11 @@ import mobilenets
 from mobilenets.adapt import LONG_DETECTION_RUN
 from mobilenets.detection.export import compare, kept_boxes
 from mobilenets.detection.graph import DetectorGraph
+from mobilenets.detection.predict import detect, load_detector
 from mobilenets.detection.runtime import ExportedDetector, resize_batch
 from mobilenets.detection.synthetic import make_detection_data
 from mobilenets.detection.task import DETECTION_LR, DETECTION_LR_FLOOR, DetectionTask
+from mobilenets.detection.tta import FlipTTA
 from mobilenets.exported import FORMATS, read_meta
 from mobilenets.finetune import is_backbone
 from mobilenets.run_config import make_config
@@ -115,13 +117,25 @@ def test_eval_reports_coco_map(trained, capsys):
     assert all(v is None or 0 <= v <= 1 for v in sizes)  # null: no object of that size, never -1
 
 
-def test_eval_with_flip_tta(trained, capsys):
+def test_eval_and_predict_with_flip_tta(trained, capsys):
     data, out = trained
     code, text, _ = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta")
     assert code == 0 and "with flip TTA:" in text and "mAP@[.5:.95]" in text
     code, text, _ = run_cli(capsys, "eval", "--checkpoint", out / "best.pt", "--data", data["val"], "--tta", "--json")
     metrics = json.loads(text)
     assert metrics["tta"] == "flip" and metrics["images"] == 6 and 0 <= metrics["map"] <= metrics["map50"] <= 1
+    # predict --tta prints the boxes of the averaged views
+    image = data["val"].parent / "val" / "000001.png"
+    code, text, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", image, "--tta", "--min-score", "0",
+                              "--top-k", "1")
+    assert code == 0, err
+    loaded = load_detector(out / "best.pt")
+    loaded.model = FlipTTA(loaded.model)
+    best = detect(loaded, [image], 0.0)[0][0]
+    printed = [f"{100 * best.score:.2f}%", *best.label.split(), *(f"{v:.1f}" for v in best.box)]
+    assert text.splitlines()[1].split() == printed
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", image, "--tta", "shift")
+    assert_one_line_error(code, err, "--tta shift is for classifiers: a detector's views are flip")
 
 
 def test_predict_prints_and_draws_boxes(trained, capsys, tmp_path):

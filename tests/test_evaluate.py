@@ -49,3 +49,26 @@ def test_a_class_without_images_reads_n_a():
     assert result.per_class == [0.75, 1.0, None]
     assert result.format(["a", "b", "c"]).splitlines()[-1] == "  c     n/a"
     assert "top-3 100.00 %" in result.format(["a", "b", "c"])
+
+
+
+def test_predict_averages_the_views_probabilities(tmp_path):
+    from PIL import Image
+
+    from mobilenets.predict import LoadedModel, predict
+    from mobilenets.preprocess import Preprocess
+
+    torch.manual_seed(0)  # a model whose answer changes in the mirror: no pooling before its linear layer
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    loaded = LoadedModel(model.eval(), Preprocess.imagenet(32), [f"c{k}" for k in range(10)])
+    path = tmp_path / "a.png"
+    Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(path)
+    x = loaded.preprocess.load_batch([path])
+    with torch.no_grad():
+        probs = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    (top,) = predict(loaded, [path], top_k=3, tta="flip")
+    values, indices = probs[0].topk(3)
+    assert [name for name, _ in top] == [loaded.class_names[i] for i in indices]
+    assert [p for _, p in top] == pytest.approx(values.tolist(), abs=1e-6)
+    (plain,) = predict(loaded, [path], top_k=3)
+    assert [p for _, p in plain] != pytest.approx(values.tolist(), abs=1e-6)  # the views differ

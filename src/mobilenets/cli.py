@@ -88,8 +88,6 @@ def _add_model_args(p: argparse.ArgumentParser, *, name_positional: bool) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluate import TTA_VIEWS
-
     parser = Parser(prog="mobilenets", description="Build, count, train, export and benchmark MobileNets.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
@@ -116,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.3, help="detectors: boxes scored at least this "
                    "(default 0.3)")
     p.add_argument("--save", metavar="DIR", help="detectors: write each image with its boxes drawn into DIR")
+    _add_tta_arg(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
 
     p = _subparser(sub, "train", "train a model from scratch or fine-tune it from weights (or resume a run)")
@@ -128,11 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True,
                    help="fashion-mnist (its 10,000 test images) or an image folder (its test/ part, else val/); "
                    "detectors: a COCO JSON file or a Pascal VOC folder (its val split)")
-    p.add_argument("--tta", nargs="?", const="flip", choices=TTA_VIEWS, metavar="VIEWS",
-                   help="test-time augmentation, the mean prediction over views of each image: flip (the "
-                   "default: the image and its mirror), shift (moved by 3 %% of its side in four directions) "
-                   "or flip-shift (10 views); a detector's: flip, its class probabilities and box offsets "
-                   "averaged per default box before NMS")
+    _add_tta_arg(p)
     p.add_argument("--split", choices=["val", "test"],
                    help="the split to measure (default: test where there is one, else val); val is held out "
                    "as the training run did (its seed and --val-split, read from a training checkpoint)")
@@ -341,6 +336,25 @@ def cmd_cost(args: argparse.Namespace) -> None:
                 print(f"{name:<28} {t['macs']:>13,} {t['params']:>11,}")
 
 
+def _add_tta_arg(p: argparse.ArgumentParser) -> None:
+    from .evaluate import TTA_VIEWS
+
+    p.add_argument("--tta", nargs="?", const="flip", choices=TTA_VIEWS, metavar="VIEWS",
+                   help="test-time augmentation, the mean prediction over views of each image: flip (the "
+                   "default: the image and its mirror), shift (moved by 3 %% of its side in four directions) "
+                   "or flip-shift (10 views); a detector's: flip, its class probabilities and box offsets "
+                   "averaged per default box before NMS")
+
+
+def _check_detector_tta(args: argparse.Namespace) -> None:
+    from .exported import exported_format
+
+    if args.tta not in (None, "flip"):
+        raise CliError(f"--tta {args.tta} is for classifiers: a detector's views are flip (the image and its mirror)")
+    if args.tta and args.checkpoint and exported_format(args.checkpoint):
+        raise CliError(f"--tta runs a checkpoint in PyTorch: {args.checkpoint} has its NMS inside the file")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .exported import exported_format, load_exported_model
     from .predict import load_model, predict
@@ -364,7 +378,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         loaded = load_model(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,
                             input_size=args.input_size)
-    for path, top in zip(args.images, predict(loaded, args.images, args.top_k or 5)):
+    for path, top in zip(args.images, predict(loaded, args.images, args.top_k or 5, tta=args.tta)):
         print(path)
         for name, prob in top:
             print(f"  {prob:7.2%}  {name}")
@@ -401,9 +415,13 @@ def _predict_boxes(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .detection.predict import detect, draw, load_detector
+    from .detection.tta import FlipTTA
 
+    _check_detector_tta(args)
     loaded = load_detector(args.checkpoint, model=args.model, weights=args.weights, width_mult=args.width_mult,
                            input_size=args.input_size)
+    if args.tta:
+        loaded.model = FlipTTA(loaded.model)
     if args.save:
         Path(args.save).mkdir(parents=True, exist_ok=True)
     drawn: set = set()
@@ -527,14 +545,10 @@ def _eval_boxes(args: argparse.Namespace, device) -> None:
     from .detection.predict import load_detector
     from .detection.tta import FlipTTA
     from .distributed import Dist
-    from .exported import exported_format
 
     if args.split:
         raise CliError("--split is for classifiers: a detector is measured on the annotations given")
-    if args.tta not in (None, "flip"):
-        raise CliError(f"--tta {args.tta} is for classifiers: a detector's views are flip (the image and its mirror)")
-    if args.tta and exported_format(args.checkpoint):
-        raise CliError(f"--tta runs a checkpoint in PyTorch: {args.checkpoint} has its NMS inside the file")
+    _check_detector_tta(args)
     loaded = load_detector(args.checkpoint)
     annotations = load_eval_annotations(args.data, loaded.class_names, loaded.category_ids)
     for line in annotations.problems.lines():

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .evaluate import with_tta
 from .preprocess import Preprocess
 from .registry import ModelArgs, create_model
 from .weights import load_weights, read_checkpoint
@@ -75,9 +76,12 @@ def load_model(
 
 
 @torch.no_grad()
-def predict(loaded: LoadedModel, paths: Sequence[str | os.PathLike], top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each image file."""
-    probs = loaded.model(loaded.preprocess.load_batch(paths)).softmax(dim=1)
+def predict(loaded: LoadedModel, paths: Sequence[str | os.PathLike], top_k: int = 5, tta: str | None = None
+            ) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image file; ``tta``: the views to average
+    (``evaluate.tta_views``), or None for the image alone."""
+    forward = with_tta(loaded.model, tta) if tta else loaded.model
+    probs = forward(loaded.preprocess.load_batch(paths)).softmax(dim=1)
     values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [
         [(loaded.class_names[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist())]
