@@ -8,7 +8,7 @@ from exports import SIZE, small_model
 from PIL import Image
 
 import mobilenets
-from mobilenets.kernels import bn_act, depthwise
+from mobilenets.kernels import build_all
 from mobilenets.preprocess import Preprocess
 
 # Tests run two workers on two cores: one thread each keeps them from fighting.
@@ -19,8 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session", autouse=True)
 def _kernels_built():
     """Builds the CPU training kernels before any test (once per machine), so no test's output holds their lines."""
-    bn_act.kernel()
-    depthwise.kernel()
+    build_all()
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from model_helpers import training_step_grads
 from torch import nn
 from torch.nn import functional as F
 
-from mobilenets.kernels import bn_act, build
+from mobilenets.kernels import bn_act, build, build_all, depthwise
 
 ACTIVATIONS = [nn.ReLU6(), nn.ReLU(inplace=True), nn.Identity(), nn.Hardswish()]
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernel")
@@ -158,3 +159,12 @@ def test_builds_unused_for_a_month_are_removed(tmp_path):
     build._prune(current)
     assert sorted(p.name for p in tmp_path.glob("*.so")) == sorted(p.name for p in (current, recent, *others))
     assert not old.with_suffix(".lock").exists() and current.stat().st_mtime > time.time() - 60
+
+
+def test_build_all_builds_the_kernels_at_once(monkeypatch):
+    both = threading.Barrier(2, timeout=10)  # passed only when the two builds are under way together
+    built = []
+    for module in (bn_act, depthwise):
+        monkeypatch.setattr(module, "kernel", lambda name=module.__name__: (both.wait(), built.append(name)))
+    build_all()
+    assert sorted(built) == ["mobilenets.kernels.bn_act", "mobilenets.kernels.depthwise"]

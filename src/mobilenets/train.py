@@ -28,6 +28,7 @@ from . import distributed
 from .detection.model import load_backbone_weights
 from .files import atomic_write, save_torch
 from .finetune import freeze_backbone, train_mode
+from .kernels import build_all
 from .memory import keep_freed_memory
 from .optim import EpochSchedule, build_optimizer
 from .plots import plot_curves
@@ -280,6 +281,8 @@ class Trainer:
             self._say(self._banner())
             for note in [*self.task.notes, *self.notes]:
                 self._say(note)
+        if self.device.type == "cpu":
+            build_all()  # a first run on this machine builds its kernels at once, not one at first use of each
         train_mode(self.model, self.recipe.freeze_backbone)
         test = None
         try:

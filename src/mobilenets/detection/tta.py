@@ -52,9 +52,9 @@ class FlipTTA(nn.Module):
         probs = out["cls_logits"].float().softmax(-1)
         probs = (probs[:n] + probs[n:, order]) / 2
         offsets = out["bbox_regression"].float()
-        mirrored = offsets[n:, order] * torch.tensor([-1.0, 1.0, 1.0, 1.0], device=batch.device)  # x offset mirrored
+        seen = offsets[n:, order] * offsets.new_tensor([-1.0, 1.0, 1.0, 1.0])  # (dx, dy, dw, dh): dx turns round
         return {"cls_logits": probs.clamp_min(torch.finfo(probs.dtype).tiny).log(),  # its softmax: the mean again
-                "bbox_regression": (offsets[:n] + mirrored) / 2}, [f[:n] for f in features]
+                "bbox_regression": (offsets[:n] + seen) / 2}, [f[:n] for f in features]
 
     @torch.no_grad()
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:

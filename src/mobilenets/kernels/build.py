@@ -54,7 +54,8 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
         library.parent.mkdir(parents=True, exist_ok=True)
         with _locked(library.with_suffix(".lock")):  # one build at a time (torchrun, test workers)
             if not library.exists():
-                print(f"building the {name} kernel for this CPU (once, about 30 s)", file=sys.stderr)
+                # one write, whole: two kernels may be built at once (build_all)
+                sys.stderr.write(f"building the {name} kernel for this CPU (once, about 30 s)\n")
                 _build(module, source, functions, library)
         spec = importlib.util.spec_from_file_location(module, library)
         loaded = importlib.util.module_from_spec(spec)
