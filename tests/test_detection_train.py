@@ -77,6 +77,26 @@ def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
     assert DetectionTask(given).resolve(given.recipe.replace(epochs=LONG_DETECTION_RUN), 1).lr_floor == 0.0
 
 
+
+def test_default_batch_and_warm_up_follow_the_runs_steps(trained, tmp_path):
+    data, _ = trained
+    cfg = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),
+                      val_data=str(data["val"]), reduced_tail=True, box_scales=(0.1, 0.6))
+    task = DetectionTask(cfg)
+    records = task.train_set.records
+
+    def default(images: int, epochs: int, processes: int) -> tuple[int, float]:
+        task.train_set.records = (records * (images // len(records) + 1))[:images]
+        recipe = task.resolve(cfg.recipe.replace(epochs=epochs), processes)
+        return recipe.batch_size, recipe.warmup_epochs
+
+    # 13 epochs of 2,000 canvases and 2 of 13,000 are the same 3,250 steps of 8 images in all
+    assert default(2000, 13, 2) == (4, 1.0)
+    assert default(13000, 2, 2) == (4, 0.15)  # warm-up over 250 steps, not a whole epoch
+    assert default(2000, 13, 1) == (8, 1.0)
+    assert default(2000, 26, 2) == (8, 1.0)  # a longer run: larger batches
+    assert default(300, 3, 1) == (8, 1.0)  # the demo's: warm-up over its first epoch (37 steps)
+
 def test_backbone_from_a_grey_classifier_trains_frozen(trained, capsys, tmp_path):
     data, _ = trained
     grey = mobilenets.create_model("mobilenet_v3_small", width_mult=0.25, in_chans=1, num_classes=10)

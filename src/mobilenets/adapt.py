@@ -51,7 +51,8 @@ def input_size_for(image_size: int) -> int:
 
 def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60, smallest: int = 16,
                    largest: int = 128) -> int:
-    """A power of two per process that leaves at least ~``steps`` steps per epoch, up to ``largest``.
+    """A power of two per process that leaves at least ~``steps`` steps for ``train_images`` (an
+    epoch's images; a detector passes its whole run's), up to ``largest``.
 
     The floor, ``smallest``, is for the images of a step in all processes (at least
     ``MIN_PROCESS_BATCH`` each), so that more processes on the same data keep the steps and the

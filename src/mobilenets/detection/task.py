@@ -23,9 +23,13 @@ from .specs import DetectorSpec
 DETECTION_LR = 0.4
 # a short run from scratch needs steps more than large batches: on the generated set (2,000 canvases,
 # 9 epochs, the lr per 256 images kept) batch 32 / 16 / 8 / 4 reached 28.7 / 29.6 / 31.6 / 32.4 % mAP;
-# 8 is the floor, as batch 4 steps 10 % fewer images a second (docs/results.md section 10)
-DETECTION_STEPS = 240  # per epoch, about; batch 8 for 2,000 images
+# 8 is the floor, as batch 4 steps 10 % fewer images a second (docs/results.md section 10). Counted
+# over the run, not an epoch: 13 epochs of 2,000 canvases and 2 of 13,000 both get batch 8
+DETECTION_RUN_STEPS = 3000  # at least, about
 DETECTION_BATCHES = (8, 32)  # the default's smallest and largest
+# warm-up over at most this many steps and at most an epoch (torchvision's detection reference warms
+# up over at most 1,000 iterations); one epoch or three of 250 steps ended level (section 10)
+DETECTION_WARMUP_STEPS = 250
 # a short run from scratch ends its cosine at this fraction of the peak learning rate, with the EMA of
 # the weights (evaluated and saved) averaging the last of its high-rate steps: 13 epochs on the generated
 # set reached 46.7 % mAP against 44.9 % when decaying to zero (docs/results.md section 10)
@@ -56,9 +60,14 @@ class DetectionTask:
     def resolve(self, recipe: Recipe, world_size: int) -> Recipe:
         spec = get_spec(self.cfg.model)
         n = len(self.train_set)
+        batch = recipe.batch_size or batch_size_for(n * recipe.epochs, world_size, DETECTION_RUN_STEPS,
+                                                    *DETECTION_BATCHES)
+        steps = max(1, n // (batch * world_size))  # an epoch's
         recipe = recipe.replace(
             input_size=recipe.input_size or spec.input_size,
-            batch_size=recipe.batch_size or batch_size_for(n, world_size, DETECTION_STEPS, *DETECTION_BATCHES),
+            batch_size=batch,
+            warmup_epochs=recipe.warmup_epochs if recipe.warmup_epochs is not None else
+            min(1.0, round(DETECTION_WARMUP_STEPS / steps, 2)),
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
             lr_floor=recipe.lr_floor if recipe.lr_floor is not None else
             DETECTION_LR_FLOOR if recipe.epochs < LONG_DETECTION_RUN and not self.cfg.weights else 0.0,

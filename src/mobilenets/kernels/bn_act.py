@@ -25,7 +25,7 @@ _ACTIVATIONS: dict[type[nn.Module], tuple[int, float, float]] = {  # kind, clamp
 
 
 def kernel():
-    return load("bn_act", ("bn_act_forward", "bn_act_backward"))
+    return load("bn_act")
 
 
 def batch_norm_act(bn: nn.BatchNorm2d, act: nn.Module, x: Tensor) -> Tensor:

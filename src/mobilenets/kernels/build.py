@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 import platform
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -42,8 +41,9 @@ def cache_dir() -> Path:
 
 
 @functools.cache
-def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
-    """The kernel ``name`` (``kernels/NAME.cpp``) with its ``functions``, or None where it cannot be had."""
+def load(name: str) -> Any:
+    """The operators of the kernel ``name`` (``kernels/NAME.cpp``, a ``torch.ops`` namespace), or None
+    where it cannot be had."""
     if os.environ.get(SWITCH, "1") == "0":
         return None
     source = Path(__file__).with_name(f"{name}.cpp").read_text()
@@ -53,15 +53,14 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
     try:
         library.parent.mkdir(parents=True, exist_ok=True)
         with _locked(library.with_suffix(".lock")):  # one build at a time (torchrun, test workers)
-            if not library.exists():
+            if library.exists():
+                torch.ops.load_library(library)
+            else:
                 # one write, whole: two kernels may be built at once (build_all)
-                sys.stderr.write(f"building the {name} kernel for this CPU (once, about 30 s)\n")
-                _build(module, source, functions, library)
-        spec = importlib.util.spec_from_file_location(module, library)
-        loaded = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(loaded)
+                sys.stderr.write(f"building the {name} kernel for this CPU (once, about 10 s)\n")
+                _build(module, source, library)
         _prune(library)
-        return loaded
+        return getattr(torch.ops, module)
     except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as exc:  # no compiler, a failed
         # build, an unreadable cache: PyTorch's ops do the work (SIGTERM's exception still goes through)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -69,8 +68,9 @@ def load(name: str, functions: tuple[str, ...]) -> ModuleType | None:
         return None
 
 
-def _build(module: str, source: str, functions: tuple[str, ...], library: Path) -> None:
-    """Compiles into a scratch folder, then moves the library in place: a killed build leaves nothing."""
+def _build(module: str, source: str, library: Path) -> None:
+    """Compiles into a scratch folder, loads the library from there (registering its operators), then
+    moves it in place: a killed build leaves nothing."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
     from torch.utils import cpp_extension
 
@@ -79,8 +79,10 @@ def _build(module: str, source: str, functions: tuple[str, ...], library: Path) 
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
-        cpp_extension.load_inline(module, [source], functions=list(functions), extra_cflags=list(FLAGS),
-                                  extra_ldflags=["-fopenmp"], build_directory=scratch)
+        path = Path(scratch) / f"{module}.cpp"
+        path.write_text(source)
+        cpp_extension.load(module, [str(path)], extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"],
+                           build_directory=scratch, is_python_module=False)
         os.replace(Path(scratch) / f"{module}.so", library)
 
 

@@ -10,8 +10,11 @@
 // at stride 2), so no two threads write the same value. The filter's gradient is summed in float
 // over about 256 outputs and in double across them. Maps are bf16 or float, filters and sums float;
 // channels past the last multiple of V take a plain loop. Strides 1 and 2, k = 1, 3, 5 or 7.
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -375,4 +378,12 @@ std::vector<at::Tensor> depthwise_backward(at::Tensor dy, at::Tensor x, at::Tens
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t q = 0; q < kk; ++q) d[c * kk + q] = float(dw[q * g.C + c]);
   return {dx, dweight};
+}
+
+// Operators in the build's own namespace (TORCH_EXTENSION_NAME, the build's name): the build compiles
+// ATen's headers only, not PyTorch's whole C++ API and Python bindings (about a quarter of the time).
+#define MOBILENETS_OPERATORS(ns, m) TORCH_LIBRARY(ns, m)
+MOBILENETS_OPERATORS(TORCH_EXTENSION_NAME, m) {
+  m.def("depthwise_forward", &depthwise_forward);
+  m.def("depthwise_backward", &depthwise_backward);
 }

@@ -18,7 +18,7 @@ from .build import load
 
 
 def kernel():
-    return load("depthwise", ("depthwise_forward", "depthwise_backward"))
+    return load("depthwise")
 
 
 def applies(conv: nn.Conv2d, x: Tensor) -> bool:
