@@ -77,7 +77,6 @@ def test_finetuning_keeps_the_default_boxes_of_its_weights(trained, tmp_path):
     assert DetectionTask(given).resolve(given.recipe.replace(epochs=LONG_DETECTION_RUN), 1).lr_floor == 0.0
 
 
-
 def test_default_batch_and_warm_up_follow_the_runs_steps(trained, tmp_path):
     data, _ = trained
     cfg = make_config("ssdlite_mobilenet_v3_small", str(data["train"]), str(tmp_path / "g"),

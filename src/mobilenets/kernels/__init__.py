@@ -3,8 +3,8 @@
 
 def build_all() -> None:
     """Builds every kernel not yet built for this machine, all at once (one compiler each): a first
-    CPU run would otherwise wait for them one after the other, most of each build being the same
-    PyTorch headers (about 30 s a kernel)."""
+    CPU run would otherwise wait for them one after the other, much of each build being the same
+    ATen headers (about 15 s for the two on 2 cores)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import bn_act, depthwise

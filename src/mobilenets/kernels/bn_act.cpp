@@ -211,7 +211,7 @@ std::vector<at::Tensor> bn_act_backward(at::Tensor g, at::Tensor x, at::Tensor w
 }
 
 // Operators in the build's own namespace (TORCH_EXTENSION_NAME, the build's name): the build compiles
-// ATen's headers only, not PyTorch's whole C++ API and Python bindings (about a quarter of the time).
+// ATen's headers only, not PyTorch's whole C++ API and Python bindings (half the build's time).
 #define MOBILENETS_OPERATORS(ns, m) TORCH_LIBRARY(ns, m)
 MOBILENETS_OPERATORS(TORCH_EXTENSION_NAME, m) {
   m.def("bn_act_forward", &bn_act_forward);

@@ -54,10 +54,10 @@ def load(name: str) -> Any:
         library.parent.mkdir(parents=True, exist_ok=True)
         with _locked(library.with_suffix(".lock")):  # one build at a time (torchrun, test workers)
             if library.exists():
-                torch.ops.load_library(library)
+                torch.ops.load_library(str(library))
             else:
                 # one write, whole: two kernels may be built at once (build_all)
-                sys.stderr.write(f"building the {name} kernel for this CPU (once, about 10 s)\n")
+                sys.stderr.write(f"building the {name} kernel for this CPU (once, about 15 s)\n")
                 _build(module, source, library)
         _prune(library)
         return getattr(torch.ops, module)
