@@ -65,6 +65,11 @@ def batch_size_for(train_images: int, world_size: int = 1, steps: int = 60, smal
     return int(min(largest, max(least, 2 ** math.floor(math.log2(max(per_process, 1))))))
 
 
+def steps_per_epoch(train_images: int, batch: int, world_size: int = 1) -> int:
+    """Optimizer steps in an epoch of ``train_images`` at ``batch`` images a process (at least one)."""
+    return max(1, train_images // (batch * world_size))
+
+
 def ema_decay_for(total_steps: int) -> float:
     """An average over about the last tenth of the run's steps (decay 1 - 10 / steps), in [0.9, 0.9999]."""
     return round(min(0.9999, max(0.9, 1 - 10 / max(total_steps, 1))), 4)
@@ -87,7 +92,7 @@ def resolve(recipe: Recipe, facts: DataFacts, world_size: int = 1, optimizer: st
     # ~120 steps an epoch: a small folder's short run is short of steps (section 11: batch 32 at the
     # lr per step of batch 64 gave shapes +4 to +6 points)
     batch = recipe.batch_size or batch_size_for(facts.train_images, world_size, steps=CLASSIFIER_STEPS)
-    total_steps = recipe.epochs * max(1, facts.train_images // (batch * world_size))
+    total_steps = recipe.epochs * steps_per_epoch(facts.train_images, batch, world_size)
     rules = {
         "input_size": lambda: input_size_for(facts.image_size),
         "batch_size": lambda: batch,

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..adapt import LONG_DETECTION_RUN, DataFacts, batch_size_for, resolve, schedule_text
+from ..adapt import LONG_DETECTION_RUN, DataFacts, batch_size_for, resolve, schedule_text, steps_per_epoch
 from ..distributed import Dist
 from ..recipes import Recipe
 from ..registry import create_model, get_spec
@@ -62,12 +62,11 @@ class DetectionTask:
         n = len(self.train_set)
         batch = recipe.batch_size or batch_size_for(n * recipe.epochs, world_size, DETECTION_RUN_STEPS,
                                                     *DETECTION_BATCHES)
-        steps = max(1, n // (batch * world_size))  # an epoch's
         recipe = recipe.replace(
             input_size=recipe.input_size or spec.input_size,
             batch_size=batch,
             warmup_epochs=recipe.warmup_epochs if recipe.warmup_epochs is not None else
-            min(1.0, round(DETECTION_WARMUP_STEPS / steps, 2)),
+            min(1.0, round(DETECTION_WARMUP_STEPS / steps_per_epoch(n, batch, world_size), 2)),
             lr=recipe.lr if recipe.lr is not None or recipe.optimizer not in (None, "sgd") else DETECTION_LR,
             lr_floor=recipe.lr_floor if recipe.lr_floor is not None else
             DETECTION_LR_FLOOR if recipe.epochs < LONG_DETECTION_RUN and not self.cfg.weights else 0.0,
