@@ -51,11 +51,11 @@ step "bench: latency of MobileNet V1 at the demo's width and input size, batch 1
 run bench --model mobilenet_v1 --width-mult "$WIDTH" --input-size 72 --backends eager ort openvino litert --repeats 30
 
 step "detection: a generated Fashion-MNIST detection set (items at several scales, overlapping, on clutter)"
-run make-detection-data --out "$OUT/det-data" --train "${DEMO_DET_TRAIN:-300}" --val 60 --size 256
+run make-detection-data --out "$OUT/det-data" --train "${DEMO_DET_TRAIN:-1200}" --val 60 --size 256
 
-step "train: SSDLite on MobileNet V3-Small (reduced tail) from scratch, ${DEMO_DET_EPOCHS:-3} epochs (the full run: docs/results.md)"
+step "train: SSDLite on MobileNet V3-Small (reduced tail) from scratch, ${DEMO_DET_EPOCHS:-8} epochs (a few minutes; the full run: docs/results.md)"
 run train --model ssdlite_mobilenet_v3_small --reduced-tail --data "$OUT/det-data/train.json" \
-  --val-data "$OUT/det-data/val.json" --input-size 256 --epochs "${DEMO_DET_EPOCHS:-3}" --out "$OUT/det"
+  --val-data "$OUT/det-data/val.json" --input-size 256 --epochs "${DEMO_DET_EPOCHS:-8}" --out "$OUT/det"
 
 step "eval: COCO mAP@[.5:.95], AP50, AP75 and by object size (pycocotools)"
 run eval --checkpoint "$OUT/det/best.pt" --data "$OUT/det-data/val.json"

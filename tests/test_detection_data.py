@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 from mobilenets.detection.annotations import read_coco, read_voc
@@ -129,6 +130,24 @@ def test_generated_set_is_coco_and_augments_with_its_boxes(tmp_path, fashion_mni
     assert image.shape == (3, 96, 96) and image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
     assert target["boxes"].shape[1] == 4 and (target["boxes"] <= 96).all() and len(target["labels"]) == len(
         target["boxes"])
+
+
+def test_denser_training_canvases_keep_the_validation_canvases(tmp_path, capsys, fashion_mnist_dir):
+    def generate(name, *items):
+        code, out, err = run_cli(capsys, "make-detection-data", "--out", tmp_path / name, "--train", "12", "--val", "3",
+                                 "--size", "128", *items)
+        return code, err, tmp_path / name
+
+    _, _, default = generate("default")
+    code, _, dense = generate("dense", "--train-items", "8", "10")
+    assert code == 0
+    boxes = {name: len(json.loads((root / "train.json").read_text())["annotations"]) / 12
+             for name, root in (("default", default), ("dense", dense))}
+    assert boxes["default"] <= 6 < boxes["dense"]  # asked for 8 to 10: some find no free place
+    assert (default / "val.json").read_text() == (dense / "val.json").read_text()
+    assert all((default / "val" / f.name).read_bytes() == f.read_bytes() for f in (dense / "val").iterdir())
+    code, err, _ = generate("bad", "--train-items", "5", "2")
+    assert_one_line_error(code, err, "--train-items 5 2: give the fewest and the most, 1 <= FEWEST <= MOST")
 
 
 def test_mild_augmentation_keeps_every_object_whole_and_at_scale(tmp_path, fashion_mnist_dir):

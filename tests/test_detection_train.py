@@ -94,7 +94,8 @@ def test_default_batch_and_warm_up_follow_the_runs_steps(trained, tmp_path):
     assert default(13000, 2, 2) == (4, 0.15)  # warm-up over 250 steps, not a whole epoch
     assert default(2000, 13, 1) == (8, 1.0)
     assert default(2000, 26, 2) == (8, 1.0)  # a longer run: larger batches
-    assert default(300, 3, 1) == (8, 1.0)  # the demo's: warm-up over its first epoch (37 steps)
+    assert default(1200, 8, 1) == (8, 1.0)  # the demo's: warm-up over its first epoch (150 steps)
+
 
 def test_backbone_from_a_grey_classifier_trains_frozen(trained, capsys, tmp_path):
     data, _ = trained

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=400, help="validation canvases (default 400)")
     p.add_argument("--size", type=int, default=320, help="canvas side in pixels (default 320)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-items", type=int, nargs=2, metavar=("FEWEST", "MOST"), default=None,
+                   help="items asked for on a training canvas (default 1 6, as on the validation canvases, "
+                        "which keep it): denser training canvases show more items a step")
 
     _add_serve_args(_subparser(sub, "serve", "serve a model over HTTP (POST /predict, /healthz, /metrics, "
                                              "a page at /) with dynamic batching"))
@@ -642,13 +645,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_make_detection_data(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .detection.synthetic import make_detection_data
+    from .detection.synthetic import ITEMS, make_detection_data
 
     for name in ("train", "val", "size"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name} must be at least 1")
+    items = tuple(args.train_items or ITEMS)
+    if not 1 <= items[0] <= items[1]:
+        raise CliError(f"--train-items {items[0]} {items[1]}: give the fewest and the most, 1 <= FEWEST <= MOST")
     with tqdm(total=args.train + args.val, unit="img", desc="canvases") as bar:
-        written = make_detection_data(args.out, args.train, args.val, args.size, args.seed,
+        written = make_detection_data(args.out, args.train, args.val, args.size, args.seed, train_items=items,
                                       progress=lambda split, i, n: bar.update(1))
     print(f"wrote {written['train']} ({args.train} images) and {written['val']} ({args.val} images)")
 

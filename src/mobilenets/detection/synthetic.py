@@ -1,11 +1,12 @@
 """A detection set made from Fashion-MNIST: items at several scales, with overlaps, on clutter.
 
 Each canvas gets a random colour gradient, translucent shapes and lines and some noise; then 1
-to 6 Fashion-MNIST items, each scaled to a side of 20 to 160 pixels, tinted and pasted as solid
-objects that keep their own shading (``_paste``), so that later items partly hide earlier ones
-(two boxes overlap, see below). A box is the item's visible extent before occlusion (its
-pixels above ``INK``). Training canvases use the Fashion-MNIST training items, validation
-canvases the test items, so no item is seen in both. Written as PNG files plus COCO JSON.
+to 6 Fashion-MNIST items (training canvases: as many as asked for), each scaled to a side of 20
+to 160 pixels, tinted and pasted as solid objects that keep their own shading (``_paste``), so
+that later items partly hide earlier ones (two boxes overlap, see below). A box is the item's
+visible extent before occlusion (its pixels above ``INK``). Training canvases use the
+Fashion-MNIST training items, validation canvases the test items, so no item is seen in both.
+Written as PNG files plus COCO JSON.
 
 Two boxes never share more than ``MAX_OVERLAP`` of the smaller one's area, so no item is
 hidden behind another.
@@ -26,6 +27,7 @@ from .annotations import ImageRecord, to_coco
 MAX_OVERLAP = 0.4  # of the smaller box's area
 INK = 40  # grey level above which an item's pixel is part of the item
 MIN_SIDE, MAX_SIDE = 20, 160
+ITEMS = (1, 6)  # items asked for on a canvas, fewest and most
 
 
 def _clutter(rng: np.random.Generator, size: int) -> Image.Image:
@@ -69,11 +71,15 @@ def _paste(region: np.ndarray, item: np.ndarray, colour: np.ndarray) -> None:
     region[:] = region * (1 - alpha) + shade * alpha
 
 
-def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int
-                ) -> tuple[Image.Image, list[tuple[float, float, float, float]], list[int]]:
+Box = tuple[float, float, float, float]
+
+
+def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int,
+                count: tuple[int, int] = ITEMS) -> tuple[Image.Image, list[Box], list[int]]:
+    """A canvas with ``count`` (fewest, most) items asked for; fewer where no place is free."""
     canvas = np.asarray(_clutter(rng, size)).astype(np.float32)
     boxes, classes = [], []
-    for _ in range(rng.integers(1, 7)):
+    for _ in range(rng.integers(count[0], count[1] + 1)):
         for _attempt in range(20):
             side = int(np.exp(rng.uniform(np.log(MIN_SIDE), np.log(min(MAX_SIDE, size // 2)))))
             x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
@@ -94,20 +100,23 @@ def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray,
 
 
 def make_detection_data(out: str | Path, train: int = 2000, val: int = 400, size: int = 320, seed: int = 0,
-                        progress=None) -> dict[str, Path]:
-    """Write ``out/train.json``, ``out/val.json`` and their PNGs; return the JSON paths."""
+                        train_items: tuple[int, int] = ITEMS, progress=None) -> dict[str, Path]:
+    """Write ``out/train.json``, ``out/val.json`` and their PNGs; return the JSON paths. The
+    validation canvases always get ``ITEMS``, so that a set made with denser training canvases
+    (``train_items``) is scored on the same validation canvases as the default one."""
     if size < 2 * MIN_SIDE:
         raise ValueError(f"--size must be at least {2 * MIN_SIDE} (items are {MIN_SIDE} to {MAX_SIDE} pixels)")
     out = Path(out)
     written = {}
-    for split, count, source, split_seed in (("train", train, "train", seed), ("val", val, "test", seed + 1)):
+    splits = (("train", train, "train", seed, train_items), ("val", val, "test", seed + 1, ITEMS))
+    for split, count, source, split_seed, asked in splits:
         items, labels = (t.numpy() for t in load_fashion_mnist(source).tensors)
         items = items[:, 0]
         rng = np.random.default_rng(split_seed)
         (out / split).mkdir(parents=True, exist_ok=True)
         records = []
         for i in range(count):
-            image, boxes, classes = make_canvas(rng, items, labels, size)
+            image, boxes, classes = make_canvas(rng, items, labels, size, asked)
             path = out / split / f"{i:06d}.png"
             atomic_write(path, lambda p, image=image: image.save(p, format="PNG"))
             records.append(ImageRecord(str(path), i + 1, size, size, tuple(boxes), tuple(c + 1 for c in classes)))
