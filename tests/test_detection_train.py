@@ -21,6 +21,7 @@ from mobilenets.detection.task import DETECTION_LR, DETECTION_LR_FLOOR, Detectio
 from mobilenets.detection.tta import FlipTTA
 from mobilenets.exported import FORMATS, read_meta
 from mobilenets.finetune import is_backbone
+from mobilenets.mobile import MOBILE_FORMATS
 from mobilenets.run_config import make_config
 
 MODEL = ["--model", "ssdlite_mobilenet_v3_small", "--reduced-tail", "--width-mult", "0.25", "--input-size", "96"]
@@ -234,7 +235,8 @@ def test_int8_agreement_counts_boxes_over_all_images():
     assert kept_boxes([reference[0][:1], reference[1][:1], reference[2][:1]], exported) == (0, 0)
 
 
-@pytest.mark.parametrize("fmt, int8", [("onnx", False), ("openvino", True), ("executorch", False), ("tflite", True)])
+@pytest.mark.parametrize("fmt, int8", [("onnx", False), ("openvino", True), ("executorch", False), ("executorch", True),
+                                       ("tflite", True)])
 def test_export_verified_in_its_runtime(trained, capsys, tmp_path, fmt, int8):
     data, out = trained
     path = tmp_path / ("det" + FORMATS[fmt].suffixes[0])
@@ -246,6 +248,11 @@ def test_export_verified_in_its_runtime(trained, capsys, tmp_path, fmt, int8):
     else:
         assert "same boxes, scores and labels as PyTorch" in text
     assert ("NMS and top-K follow the file" in text) == (fmt in ("executorch", "tflite"))
+    if int8 and fmt in MOBILE_FORMATS:
+        # the network is int8, the box decoding and the output float: an int8 output would put
+        # every box corner on its one grid of 256 values (docs/results.md, section 9)
+        corners = MOBILE_FORMATS[fmt].forward(path)(torch.rand(2, 3, 96, 96))[..., :4]
+        assert corners.unique().numel() > 256
     if fmt == "onnx":
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}
         assert "NonMaxSuppression" in ops and all(n.domain in ("", "ai.onnx") for n in onnx.load(str(path)).graph.node)

@@ -40,6 +40,8 @@ def test_fp32_export_matches_pytorch(tmp_path, fmt):
         program = executorch_pte._load_program(result.path)
         assert {"forward", executorch_pte.META_METHOD} <= set(program.method_names)
         assert tuple(program.load_method("forward").metadata.input_tensor_meta(0).sizes()) == (1, 3, SIZE, SIZE)
+        with pytest.raises(ValueError, match="failed in ExecuTorch"):  # its runtime's error, as one line
+            executorch_pte.forward(result.path)(torch.randn(1, 3, SIZE + 8, SIZE + 8))
         text = executorch_pte.read_meta(result.path)
     else:
         from ai_edge_litert.interpreter import Interpreter

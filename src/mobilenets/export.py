@@ -306,13 +306,14 @@ def _write(model: nn.Module, path: Path, meta: ExportMeta, calibration: Sequence
 
 
 def write_mobile(model: nn.Module, path: Path, meta: ExportMeta, example: Tensor,
-                 calibration: Sequence[Tensor] | None) -> ExportMeta:
-    """``model`` (traced at ``example``, one image) converted to the phone format ``meta.format``;
+                 calibration: Sequence[Tensor] | None, float_parts: tuple[type[nn.Module], ...] = ()) -> ExportMeta:
+    """``model`` (traced at ``example``, one image) converted to the phone format ``meta.format``
+    (int8 with ``calibration``, but for the modules of the types ``float_parts``);
     returns the metadata written."""
     runtime = MOBILE_FORMATS[meta.format]
     meta = replace(meta, int8=runtime.INT8_METHOD if calibration is not None else None)
     try:
-        runtime.write(model, path, example, meta.to_json(), calibration)
+        runtime.write(model, path, example, meta.to_json(), calibration, float_parts)
     except MissingRuntime:
         raise
     except Exception as e:  # the converters raise anything (theirs, torch.export's, JAX's): one line

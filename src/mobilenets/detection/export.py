@@ -8,8 +8,8 @@ writing, the file runs in its runtime on the verification images and must give t
 detections as PyTorch: every kept box, score and label (compared in a canonical order, since
 tied scores may come out in either order), box corners within ``BOX_TOLERANCE`` pixels and
 scores within ``SCORE_TOLERANCE``; else nothing is written. int8 (ONNX Runtime static QDQ on the
-convolutions; the post-processing stays float) is checked by how many of the fp32 boxes it
-keeps, and measured by ``mobilenets eval`` (COCO mAP).
+convolutions; the phone formats' PT2E on backbone and heads; the box decoding stays float) is
+checked by how many of the fp32 boxes it keeps, and measured by ``mobilenets eval`` (COCO mAP).
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def export_detector(model: SSD, out: str | os.PathLike, fmt: str, *, class_names
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         if fmt in PHONE_FORMATS:
             work = Path(tmp) / ("model" + out.suffix)
-            meta = write_mobile(DetectorCore(graph).eval(), work, meta, images[0][:1], calibration)
+            meta = write_mobile(DetectorCore(graph).eval(), work, meta, images[0][:1], calibration,
+                                DetectorCore.FLOAT_PARTS)
         else:
             work = Path(tmp) / "fp32.onnx"
             _write_onnx(graph, work, meta)

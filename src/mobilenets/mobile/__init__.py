@@ -3,9 +3,10 @@
 One module per runtime, each with the same small interface, which ``export.py`` (writing) and
 ``exported.py`` (reading, running) dispatch to:
 
-* ``write(model, path, example, meta_json, calibration)``: convert the BN-folded model, traced
-  at ``example`` (one image: a phone runs one frame at a time, and ahead-of-time memory planning
-  sizes every buffer for exactly that), int8 when ``calibration`` batches are given;
+* ``write(model, path, example, meta_json, calibration, float_parts)``: convert the BN-folded
+  model, traced at ``example`` (one image: a phone runs one frame at a time, and ahead-of-time
+  memory planning sizes every buffer for exactly that), int8 when ``calibration`` batches are
+  given, but for the modules of the types in ``float_parts``;
 * ``forward(path, threads)``: a ``Forward`` that runs the file in its runtime on an NCHW float
   batch, image by image, doing the layout and int8 conversions an app would do;
 * ``read_meta(path)``: the metadata JSON stored inside the file, or ``None``;

@@ -34,7 +34,8 @@ def runs_here() -> bool:
     return sys.platform == "darwin"
 
 
-def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None) -> None:
+def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None,
+          float_parts: tuple[type[nn.Module], ...] = ()) -> None:
     """Convert ``model`` (traced at ``example``'s shape) to an fp32 ML Program at ``path``."""
     if calibration is not None:
         raise ValueError("--int8 is not available for --format coreml")

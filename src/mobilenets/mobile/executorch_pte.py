@@ -25,8 +25,10 @@ INT8_METHOD = "xnnpack-pt2e-per-channel"
 META_METHOD = "mobilenets_metadata"
 
 
-def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None) -> None:
-    """Lower ``model`` (traced at ``example``'s shape) to an XNNPACK-delegated ``.pte`` at ``path``."""
+def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None,
+          float_parts: tuple[type[nn.Module], ...] = ()) -> None:
+    """Lower ``model`` (traced at ``example``'s shape) to an XNNPACK-delegated ``.pte`` at ``path``;
+    int8 with ``calibration``, but in the modules of the types ``float_parts``."""
     with quiet():
         require("executorch")
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -40,7 +42,7 @@ def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration:
 
         if calibration is not None:
             quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-            model = quantize_pt2e(model, example, calibration, quantizer)
+            model = quantize_pt2e(model, example, calibration, quantizer, float_parts)
         program = torch.export.export(model, (example,))
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                            constant_methods={META_METHOD: meta})
@@ -86,7 +88,10 @@ def forward(path: Path, threads: int | None = None) -> Forward:
 
     def run(x: Tensor) -> Tensor:
         images = x.detach().cpu().float().contiguous().split(1)
-        return torch.cat([method.execute([image])[0] for image in images]).to(x.device)
+        try:
+            return torch.cat([method.execute([image])[0] for image in images]).to(x.device)
+        except RuntimeError as e:  # the runtime logs its reason on stderr and raises only a code
+            raise ValueError(f"{path} failed in ExecuTorch ({first_line(e)})") from None
 
     return run
 

@@ -61,8 +61,10 @@ def _gate_hardswish(model: nn.Module) -> nn.Module:
     return model
 
 
-def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None) -> None:
-    """Convert ``model`` (traced at ``example``'s NCHW shape) to a channels-last ``.tflite`` at ``path``."""
+def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None,
+          float_parts: tuple[type[nn.Module], ...] = ()) -> None:
+    """Convert ``model`` (traced at ``example``'s NCHW shape) to a channels-last ``.tflite`` at ``path``;
+    int8 with ``calibration``, but in the modules of the types ``float_parts``."""
     with quiet():
         litert_torch = require("litert_torch")
         litert_torch.config.show_progress = False
@@ -78,7 +80,7 @@ def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration:
             config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
             model = quantize_pt2e(_gate_hardswish(copy.deepcopy(model)), example, calibration, quantizer,
-                                  to_input=_nhwc, fold_quantize=False)
+                                  float_parts, to_input=_nhwc, fold_quantize=False, strict=True)
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         converted = litert_torch.convert(model, (example,), quant_config=quant_config)
         path.write_bytes(with_metadata(converted.model_content(), meta))
