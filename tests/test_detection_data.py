@@ -148,6 +148,9 @@ def test_denser_training_canvases_keep_the_validation_canvases(tmp_path, capsys,
     assert all((default / "val" / f.name).read_bytes() == f.read_bytes() for f in (dense / "val").iterdir())
     code, err, _ = generate("bad", "--train-items", "5", "2")
     assert_one_line_error(code, err, "--train-items 5 2: give the fewest and the most, 1 <= FEWEST <= MOST")
+    with pytest.raises(ValueError, match="--train-items 0 3"):  # in Python too, before anything is written
+        make_detection_data(tmp_path / "bad-api", train=1, val=1, train_items=(0, 3))
+    assert not (tmp_path / "bad-api").exists()
 
 
 def test_mild_augmentation_keeps_every_object_whole_and_at_scale(tmp_path, fashion_mnist_dir):

@@ -645,14 +645,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_make_detection_data(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .detection.synthetic import ITEMS, make_detection_data
+    from .detection.synthetic import ITEMS, check_items, make_detection_data
 
     for name in ("train", "val", "size"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name} must be at least 1")
     items = tuple(args.train_items or ITEMS)
-    if not 1 <= items[0] <= items[1]:
-        raise CliError(f"--train-items {items[0]} {items[1]}: give the fewest and the most, 1 <= FEWEST <= MOST")
+    check_items(items)  # before the progress bar starts
     with tqdm(total=args.train + args.val, unit="img", desc="canvases") as bar:
         written = make_detection_data(args.out, args.train, args.val, args.size, args.seed, train_items=items,
                                       progress=lambda split, i, n: bar.update(1))

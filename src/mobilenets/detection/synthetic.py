@@ -99,6 +99,13 @@ def make_canvas(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray,
     return Image.fromarray(canvas.astype(np.uint8)), boxes, classes
 
 
+def check_items(items: tuple[int, int]) -> None:
+    """Refuse a range of items a canvas cannot be asked for."""
+    fewest, most = items
+    if not 1 <= fewest <= most:
+        raise ValueError(f"--train-items {fewest} {most}: give the fewest and the most, 1 <= FEWEST <= MOST")
+
+
 def make_detection_data(out: str | Path, train: int = 2000, val: int = 400, size: int = 320, seed: int = 0,
                         train_items: tuple[int, int] = ITEMS, progress=None) -> dict[str, Path]:
     """Write ``out/train.json``, ``out/val.json`` and their PNGs; return the JSON paths. The
@@ -106,6 +113,7 @@ def make_detection_data(out: str | Path, train: int = 2000, val: int = 400, size
     (``train_items``) is scored on the same validation canvases as the default one."""
     if size < 2 * MIN_SIDE:
         raise ValueError(f"--size must be at least {2 * MIN_SIDE} (items are {MIN_SIDE} to {MAX_SIDE} pixels)")
+    check_items(train_items)
     out = Path(out)
     written = {}
     splits = (("train", train, "train", seed, train_items), ("val", val, "test", seed + 1, ITEMS))
