@@ -11,7 +11,7 @@ What an Android developer gets:
   activations), fully integer down to the model's input and output tensors, which are int8 with
   their own scale and zero point (``real = scale * (q - zero_point)``): the app quantizes the
   normalised image with the input's parameters and dequantizes the logits. ``forward`` here does
-  exactly that.
+  exactly that (and passes float through where a file keeps it, as a detector's does).
 
 The metadata JSON is the flatbuffer's ``Model.metadata`` entry ``mobilenets`` (a named buffer,
 the place the TFLite schema keeps model metadata), readable with any flatbuffer reader.
