@@ -28,7 +28,7 @@ META_METHOD = "mobilenets_metadata"
 def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None,
           float_parts: tuple[type[nn.Module], ...] = ()) -> None:
     """Lower ``model`` (traced at ``example``'s shape) to an XNNPACK-delegated ``.pte`` at ``path``;
-    int8 with ``calibration``, but in the modules of the types ``float_parts``."""
+    int8 with ``calibration``, except in the modules of the types ``float_parts``."""
     with quiet():
         require("executorch")
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
