@@ -167,3 +167,11 @@ def test_corrupt_mobile_file(tmp_path, capsys, folder, suffix, pattern):
     assert_one_line_error(code, err, pattern)
     code, _, err = run_cli(capsys, "predict", "--checkpoint", junk, next((folder / "val" / "dark").iterdir()))
     assert_one_line_error(code, err, pattern)
+
+
+def test_cut_tflite_file(tmp_path, capsys, folder):
+    whole = export(small_model("mobilenet_v1"), tmp_path / "m.tflite", "tflite").path
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(whole.read_bytes()[:4096])  # the identifier is there, the tables it points to are not
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", cut, next((folder / "val" / "dark").iterdir()))
+    assert_one_line_error(code, err, "cut.tflite is not a readable LiteRT (TFLite) model (truncated or corrupt")

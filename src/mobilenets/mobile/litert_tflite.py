@@ -20,6 +20,7 @@ the place the TFLite schema keeps model metadata), readable with any flatbuffer 
 from __future__ import annotations
 
 import copy
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def _gate_hardswish(model: nn.Module) -> nn.Module:
 def write(model: nn.Module, path: Path, example: Tensor, meta: str, calibration: Sequence[Tensor] | None,
           float_parts: tuple[type[nn.Module], ...] = ()) -> None:
     """Convert ``model`` (traced at ``example``'s NCHW shape) to a channels-last ``.tflite`` at ``path``;
-    int8 with ``calibration``, but in the modules of the types ``float_parts``."""
+    int8 with ``calibration``, except in the modules of the types ``float_parts``."""
     with quiet():
         litert_torch = require("litert_torch")
         litert_torch.config.show_progress = False
@@ -114,10 +115,13 @@ def _read_model(path: Path):
 def read_meta(path: Path) -> str | None:
     """The metadata JSON of a ``.tflite``, or ``None`` if it has none."""
     model = _read_model(path)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() == META_NAME.encode():
-            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    try:
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == META_NAME.encode():
+                return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    except (struct.error, IndexError, UnicodeDecodeError) as e:  # offsets past the end of a cut file
+        raise ValueError(f"{path} is not a readable LiteRT (TFLite) model (truncated or corrupt: {e})") from None
     return None
 
 
