@@ -1,21 +1,20 @@
 """Where an ExecuTorch program spends its time: XNNPACK's time per operator, summed by kind.
 
-    .venv/bin/python benchmarks/executorch_ops.py --models mobilenet_v2 mobilenet_v3_large mobilenet_v3_small \\
-        --threads 1 2 --rounds 3
+    .venv/bin/python benchmarks/executorch_ops.py --threads 1 2 --rounds 3
 
-Each model (width 1.0, 224x224, random weights) is written as the fp32 and the int8 ``.pte`` that
-``mobilenets bench`` times (``executorch`` and ``executorch-int8``). Each file is loaded with
-ExecuTorch's ETDump on and called ``--calls`` times; the median time of each operator is summed
-by kind (1x1 convolutions and the classifier, depthwise, stem, element-wise, layout and
-conversions), next to the median of the whole call. Every round runs the files again, in the
-reverse order every other round; the table gives the medians over the rounds, and the int8 column
-its speed-up over fp32. Asserts nothing; quote the numbers with the machine.
+Each model (V2, V3-Large and V3-Small unless ``--models`` says otherwise; width 1.0, 224x224,
+random weights) is written as the fp32 and the int8 ``.pte`` that ``mobilenets bench`` times
+(``executorch`` and ``executorch-int8``). Each file is loaded with ExecuTorch's ETDump on and
+called ``--calls`` times; the median time of each operator is summed by kind (1x1 convolutions
+and the classifier, depthwise, stem, element-wise, layout and conversions), next to the median of
+the whole call. Every round runs the files again, in the reverse order every other round; the
+table gives the medians over the rounds, and the int8 column its speed-up over fp32. Asserts
+nothing; quote the numbers with the machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -65,7 +64,7 @@ def profile(path: Path, calls: int, dump: Path) -> Counter:
             if event.name == "Method::execute":
                 ms[CALL] = event.perf_data.p50
             elif not event.name.startswith(NOT_OPERATORS):
-                ms[kind(re.sub(r" #\d+$", "", event.name))] += event.perf_data.p50
+                ms[kind(event.name)] += event.perf_data.p50
     return ms
 
 
