@@ -6,7 +6,7 @@ Each model (V2, V3-Large and V3-Small unless ``--models`` says otherwise; width 
 random weights) is written as the fp32 and the int8 ``.pte`` that ``mobilenets bench`` times
 (``executorch`` and ``executorch-int8``). Each file is loaded with ExecuTorch's ETDump on and
 called ``--calls`` times; the median time of each operator is summed by kind (1x1 convolutions
-and the classifier, depthwise, stem, element-wise, layout and conversions), next to the median of
+and the classifier, depthwise, full (the stem), element-wise, layout and conversions), next to the median of
 the whole call. Every round runs the files again, in the reverse order every other round; the
 table gives the medians over the rounds, and the int8 column its speed-up over fp32. Asserts
 nothing; quote the numbers with the machine.
@@ -26,9 +26,10 @@ import torch
 from mobilenets import create_model
 from mobilenets.bench import Config
 from mobilenets.bench.worker import export_for_backend
+from mobilenets.registry import is_detector, list_models
 from mobilenets.runtimes import require
 
-KINDS = ("1x1 convolutions and the classifier", "depthwise convolutions", "stem convolution",
+KINDS = ("1x1 convolutions and the classifier", "depthwise convolutions", "full convolutions (the stem)",
          "element-wise (h-swish, add, multiply, mean)", "layout and conversions")
 CALL = "the whole call (Method::execute)"
 NOT_OPERATORS = ("Method::", "Program::", "OPERATOR_CALL", "native_call", "DELEGATE_CALL")
@@ -36,7 +37,7 @@ NOT_OPERATORS = ("Method::", "Program::", "OPERATOR_CALL", "native_call", "DELEG
 
 def kind(operator: str) -> str:
     """The kind of an XNNPACK operator, from the name ETDump records (``Convolution (NHWC, QC8) DWConv #3``)."""
-    if "IGEMM" in operator:  # the only full convolution: the 3x3 stem
+    if "IGEMM" in operator:  # a full convolution: only the stem, except in mobilenet_v1_conv
         return KINDS[2]
     if "DWConv" in operator:
         return KINDS[1]
@@ -82,7 +83,8 @@ def table(ms: dict, models: list[str]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+    p.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"],
+                   choices=[m for m in list_models() if not is_detector(m)])
     p.add_argument("--threads", nargs="+", type=int, default=[1])
     p.add_argument("--calls", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
